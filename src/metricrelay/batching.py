@@ -1,0 +1,324 @@
+"""The coalescer: encoded fragments in, PATCH bodies out, every limit of the API held at once.
+
+Pure and synchronous: no I/O and no clock of its own (``now`` is passed in). One open body per
+(resourceGroup, executionId); a body closes when the next item would break a limit, when it holds
+the maximum number of metrics, when its oldest item has waited ``linger`` seconds, or on flush.
+Because an execution only ever has one open body, its bodies come out in stream order.
+
+Acknowledgement bookkeeping lives in :class:`AckLedger`: every holder of a stream entry's items
+(an open or in-flight body, a rejected item awaiting its dead-letter write) holds the entry once;
+the entry may be acknowledged when the last holder releases it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+import orjson
+
+from metricrelay.codec import EncodedFragment, Section, single_item_resource
+from metricrelay.models import MAX_CUSTOM_INFO, MAX_CUSTOM_INFO_BYTES, MAX_METRICS, MAX_TAGS
+
+__all__ = ["AckLedger", "Body", "CloseReason", "Coalescer", "Limits", "Rejected"]
+
+DEFAULT_MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+DEFAULT_LINGER: Final = 0.5
+
+# Body layout: {"executionId":<id>,"metrics":[...],"tags":[...],"customInfo":[...]}, with empty
+# sections left out. Each present section costs its key, brackets and one comma per extra item.
+_HEAD: Final = b'{"executionId":'
+_KEYS: Final[dict[Section, bytes]] = {
+    "metrics": b',"metrics":[',
+    "tags": b',"tags":[',
+    "customInfo": b',"customInfo":[',
+}
+
+Item = tuple[bytes, str]  # (encoded item, id of the stream entry it came from)
+
+
+class CloseReason(StrEnum):
+    METRICS = "metrics"  # metric count limit reached
+    TAGS = "tags"
+    CUSTOM_INFO = "custom_info"
+    CUSTOM_INFO_BYTES = "custom_info_bytes"
+    BYTES = "bytes"  # byte budget of the encoded body
+    LINGER = "linger"
+    FLUSH = "flush"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one PATCH body may hold; the defaults are the API's documented limits."""
+
+    max_metrics: int = MAX_METRICS
+    max_tags: int = MAX_TAGS
+    max_custom_info: int = MAX_CUSTOM_INFO
+    max_custom_info_bytes: int = MAX_CUSTOM_INFO_BYTES
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("max_metrics", "max_tags", "max_custom_info"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_body_bytes < 256:
+            raise ValueError("max_body_bytes must be at least 256")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An item that cannot fit in any body on its own; it goes to the dead-letter stream."""
+
+    source: str
+    resource_group: str
+    execution_id: str
+    section: Section
+    item: bytes
+    reason: str
+
+    def resource(self) -> bytes:
+        return single_item_resource(self.resource_group, self.execution_id, self.section, self.item)
+
+
+@dataclass(slots=True, eq=False)
+class Body:
+    """One PATCH body in the making (or made). ``size`` is always ``len(self.encode())``."""
+
+    resource_group: str
+    execution_id: str
+    opened_at: float
+    head: bytes  # b'{"executionId":"<id>"'
+    metrics: list[Item] = field(default_factory=list)
+    tags: dict[str, Item] = field(default_factory=dict)
+    custom_info: dict[str, Item] = field(default_factory=dict)
+    sources: dict[str, None] = field(default_factory=dict)  # ordered set of stream ids
+    size: int = 0
+    custom_info_bytes: int = 0
+    close_reason: CloseReason | None = None
+
+    def __post_init__(self) -> None:
+        self.size = len(self.head) + 1
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.resource_group, self.execution_id)
+
+    @property
+    def item_count(self) -> int:
+        return len(self.metrics) + len(self.tags) + len(self.custom_info)
+
+    def named(self, section: Section) -> dict[str, Item]:
+        return self.tags if section == "tags" else self.custom_info
+
+    def growth(self, section: Section, data: bytes, replaces: bytes | None) -> int:
+        """How many bytes the encoded body grows by adding ``data`` (in place of ``replaces``)."""
+        if replaces is not None:
+            return len(data) - len(replaces)
+        count = len(self.metrics) if section == "metrics" else len(self.named(section))
+        return len(data) + (1 if count else len(_KEYS[section]) + 1)
+
+    def encode(self) -> bytes:
+        parts = [self.head]
+        sections: tuple[tuple[Section, Iterable[Item]], ...] = (
+            ("metrics", self.metrics),
+            ("tags", self.tags.values()),
+            ("customInfo", self.custom_info.values()),
+        )
+        for section, items in sections:
+            if items:
+                parts += (_KEYS[section], b",".join([data for data, _ in items]), b"]")
+        parts.append(b"}")
+        return b"".join(parts)
+
+
+class AckLedger:
+    """How many holders each stream entry still has; an entry is done when none are left."""
+
+    def __init__(self) -> None:
+        self._holds: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._holds)
+
+    def __contains__(self, source: object) -> bool:
+        return source in self._holds
+
+    def hold(self, source: str, count: int = 1) -> None:
+        self._holds[source] = self._holds.get(source, 0) + count
+
+    def release(self, sources: Iterable[str]) -> list[str]:
+        """Drop one hold of each source; return those that now have none, in the given order."""
+        done: list[str] = []
+        holds = self._holds
+        for source in sources:
+            left = holds[source] - 1  # KeyError: a release without a hold is a bug, say so
+            if left:
+                holds[source] = left
+            else:
+                del holds[source]
+                done.append(source)
+        return done
+
+
+class Coalescer:
+    """Packs encoded fragments into PATCH bodies per (resourceGroup, executionId)."""
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        linger: float = DEFAULT_LINGER,
+        ledger: AckLedger | None = None,
+    ) -> None:
+        self.limits = limits or Limits()
+        self.linger = linger
+        self.ledger = ledger if ledger is not None else AckLedger()
+        self._open: dict[tuple[str, str], Body] = {}  # insertion order == opening order
+        self._ready: list[Body] = []
+        self._rejected: list[Rejected] = []
+
+    @property
+    def open_bodies(self) -> int:
+        return len(self._open)
+
+    def add(self, source: str, fragment: EncodedFragment, now: float) -> list[str]:
+        """Take one entry's valid items. Returns ids done at once (an entry with no items)."""
+        self.ledger.hold(source)  # the intake hold: no release while the entry is half-placed
+        key = (fragment.resource_group, fragment.execution_id)
+        for data in fragment.metrics:
+            self._place(source, key, "metrics", None, data, now=now)
+        for name, data in fragment.tags:
+            self._place(source, key, "tags", name, data, now=now)
+        for name, data in fragment.custom_info:
+            self._place(source, key, "customInfo", name, data, now=now)
+        return self.ledger.release((source,))
+
+    def take_ready(self) -> list[Body]:
+        """Closed bodies, oldest first; the caller owns them from now on."""
+        ready, self._ready = self._ready, []
+        return ready
+
+    def take_rejected(self) -> list[Rejected]:
+        rejected, self._rejected = self._rejected, []
+        return rejected
+
+    def poll(self, now: float) -> list[Body]:
+        """Close bodies whose oldest item has waited ``linger``; return every ready body."""
+        expired = []
+        for body in self._open.values():
+            if now - body.opened_at < self.linger:
+                break  # bodies are in opening order: the rest are younger
+            expired.append(body)
+        for body in expired:
+            self._close(body, CloseReason.LINGER)
+        return self.take_ready()
+
+    def flush(self) -> list[Body]:
+        """Close every open body; return every ready body."""
+        for body in list(self._open.values()):
+            self._close(body, CloseReason.FLUSH)
+        return self.take_ready()
+
+    def next_deadline(self) -> float | None:
+        """When the oldest open body's linger runs out (None when nothing is open)."""
+        oldest = next(iter(self._open.values()), None)
+        return None if oldest is None else oldest.opened_at + self.linger
+
+    def complete(self, body: Body) -> list[str]:
+        """The body was delivered or dead-lettered: release its entries; return the done ids."""
+        return self.ledger.release(body.sources)
+
+    def resolve(self, rejected: Rejected) -> list[str]:
+        """The rejected item was dead-lettered: release its entry; return the done ids."""
+        return self.ledger.release((rejected.source,))
+
+    def _place(
+        self,
+        source: str,
+        key: tuple[str, str],
+        section: Section,
+        name: str | None,
+        data: bytes,
+        *,
+        now: float,
+    ) -> None:
+        body = self._open.get(key)
+        if body is None:
+            misfit = self._lone_misfit(key[1], section, data)
+            if misfit is not None:
+                self.ledger.hold(source)
+                self._rejected.append(Rejected(source, *key, section, data, misfit))
+                return
+            body = self._new_body(key, now)
+        replaced = None if name is None else body.named(section).get(name)
+        replaces = None if replaced is None else replaced[0]
+        full = self._misfit(body, section, data, replaces)
+        if full is not None:
+            misfit = self._lone_misfit(key[1], section, data)
+            if misfit is not None:  # would not fit a fresh body either: keep this one open
+                self.ledger.hold(source)
+                self._rejected.append(Rejected(source, *key, section, data, misfit))
+                return
+            self._close(body, full)
+            body = self._new_body(key, now)
+            replaces = None
+        if source not in body.sources:
+            body.sources[source] = None
+            self.ledger.hold(source)
+        body.size += body.growth(section, data, replaces)
+        if name is None:
+            body.metrics.append((data, source))
+            if len(body.metrics) >= self.limits.max_metrics:
+                self._close(body, CloseReason.METRICS)
+            return
+        # last write wins by name; the earlier entry stays a source of this body (it is covered)
+        body.named(section)[name] = (data, source)
+        if section == "customInfo":
+            body.custom_info_bytes += len(data) - (0 if replaces is None else len(replaces))
+
+    def _misfit(
+        self, body: Body, section: Section, data: bytes, replaces: bytes | None
+    ) -> CloseReason | None:
+        """Why ``data`` does not fit into ``body`` now (None if it does)."""
+        limits = self.limits
+        if replaces is None:
+            if section == "metrics" and len(body.metrics) >= limits.max_metrics:
+                return CloseReason.METRICS
+            if section == "tags" and len(body.tags) >= limits.max_tags:
+                return CloseReason.TAGS
+            if section == "customInfo" and len(body.custom_info) >= limits.max_custom_info:
+                return CloseReason.CUSTOM_INFO
+        if section == "customInfo":
+            grown = body.custom_info_bytes + len(data) - (0 if replaces is None else len(replaces))
+            if grown > limits.max_custom_info_bytes:
+                return CloseReason.CUSTOM_INFO_BYTES
+        if body.size + body.growth(section, data, replaces) > limits.max_body_bytes:
+            return CloseReason.BYTES
+        return None
+
+    def _lone_misfit(self, execution: str, section: Section, data: bytes) -> str | None:
+        """Why ``data`` could not fit even into an empty body (None if it could)."""
+        if section == "customInfo" and len(data) > self.limits.max_custom_info_bytes:
+            return (
+                f"customInfo item is {len(data)} bytes encoded; all customInfo of one resource "
+                f"may take at most {self.limits.max_custom_info_bytes}"
+            )
+        alone = len(_HEAD) + len(orjson.dumps(execution)) + len(_KEYS[section]) + len(data) + 2
+        if alone > self.limits.max_body_bytes:
+            return (
+                f"{section} item makes a {alone}-byte body on its own; "
+                f"the body byte budget is {self.limits.max_body_bytes}"
+            )
+        return None
+
+    def _new_body(self, key: tuple[str, str], now: float) -> Body:
+        body = Body(key[0], key[1], now, _HEAD + orjson.dumps(key[1]))
+        self._open[key] = body
+        return body
+
+    def _close(self, body: Body, reason: CloseReason) -> None:
+        del self._open[body.key]
+        body.close_reason = reason
+        if body.metrics or body.tags or body.custom_info:
+            self._ready.append(body)

@@ -1,0 +1,1 @@
+"""Subcommands of the metricrelay program, one module each, each exposing ``register``."""
