@@ -63,8 +63,8 @@ class Limits:
         for name in ("max_metrics", "max_tags", "max_custom_info"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.max_body_bytes < 256:
-            raise ValueError("max_body_bytes must be at least 256")
+        if self.max_body_bytes < 128:  # room for the envelope and a small item
+            raise ValueError("max_body_bytes must be at least 128")
 
 
 @dataclass(frozen=True, slots=True)

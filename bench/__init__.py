@@ -1,0 +1,1 @@
+"""metricrelay's benchmark harnesses; ``python -m bench`` (``make bench``) runs the standard set."""
