@@ -40,6 +40,8 @@ def test_normalize_gives_canonical_utc(text: str, expected: str) -> None:
         "12:00:00Z",
         "2026-13-01T00:00:00Z",
         "2026-02-30T00:00:00Z",
+        "2026-02-30T00:00:00.000000Z",  # canonical shape, impossible date
+        "2026-11-23T25:00:00.000000Z",
         "2025-02-29T00:00:00Z",
         "2026-11-23T24:00:00Z",
         "2026-11-23T12:00:60Z",

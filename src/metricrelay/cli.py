@@ -15,7 +15,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 # Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets
 # ``handler`` as a default; importing stays lazy so ``metricrelay --help`` is instant.
-_SUBCOMMANDS: tuple[str, ...] = ("metricrelay.commands.validate",)
+_SUBCOMMANDS: tuple[str, ...] = ("metricrelay.commands.validate", "metricrelay.commands.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

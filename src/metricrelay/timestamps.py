@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -14,8 +15,8 @@ _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
     r"(?:[Zz]|([+-])(\d{2}):(\d{2}))\Z"
 )
+_CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_CANONICAL_LEN = len("2026-11-23T12:00:00.123456Z")
 
 
 class TimestampError(ValueError):
@@ -28,6 +29,7 @@ def format_utc(moment: datetime) -> str:
     return utc.isoformat(timespec="microseconds") + "Z"
 
 
+@functools.lru_cache(maxsize=1024)  # entries read together share their few milliseconds
 def from_epoch_ms(ms: int) -> str:
     """The canonical form of a Unix time in milliseconds (a Redis stream id's first part)."""
     return format_utc(_EPOCH + timedelta(milliseconds=ms))
@@ -38,6 +40,12 @@ def normalize(text: str) -> str:
 
     Fractions beyond microseconds are truncated (SAP's SDK parses at most six digits).
     """
+    if _CANONICAL.match(text):  # what well-behaved producers send: check it is real, keep it
+        try:
+            datetime.fromisoformat(text[:-1])
+        except ValueError as exc:
+            raise TimestampError(f"is not a real date-time ({exc})") from None
+        return text
     match = _RFC3339.match(text)
     if match is None:
         raise TimestampError(
@@ -56,8 +64,6 @@ def normalize(text: str) -> str:
         moment = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second), micros, zone
         )
-        if zone is UTC and len(text) == _CANONICAL_LEN and text[10] == "T" and text[-1] == "Z":
-            return text  # already canonical: skip re-formatting on the hot path
         return format_utc(moment)
     except OverflowError:
         raise TimestampError("is outside the years 0001-9999 once converted to UTC") from None

@@ -1,0 +1,56 @@
+"""The metricrelay program: subcommands, exit codes, and the offline demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metricrelay.cli import main
+
+
+def test_validate_reports_each_problem_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "fragments.jsonl"
+    source.write_bytes(
+        b'{"executionId":"exec-1","metrics":[{"name":"Error Rate","value":1},'
+        b'{"name":"x","value":true}]}\n\nnot json\n'
+    )
+    assert main(["validate", str(source)]) == 1
+    out = capsys.readouterr()
+    assert "line 1: metrics[1].value: must be a number, not a boolean" in out.out
+    assert "line 3: entry: invalid JSON" in out.out
+    assert "1 valid item(s), 2 problem(s)" in out.err
+
+
+def test_validate_accepts_a_clean_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "ok.jsonl"
+    source.write_bytes(b'{"executionId":"exec-1","tags":[{"name":"a","value":"b"}]}\n')
+    assert main(["validate", str(source)]) == 0
+
+
+def test_demo_acknowledges_every_entry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--executions", "2", "--ranks", "2", "--steps", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "demo-run-00" in out and "demo-run-01" in out
+    assert "dead-letter 'invalid' x2: metrics[100].step" in out
+    assert "entries acknowledged: 14/14" in out
+
+
+def test_console_script_runs_as_a_module() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "metricrelay", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.startswith("metricrelay ")
+
+
+def test_unknown_subcommand_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["nope"])
+    assert exit_info.value.code == 2
