@@ -205,3 +205,32 @@ def test_ledger_refuses_a_release_without_a_hold() -> None:
     assert ledger.release(["1-0"]) == ["1-0"]
     with pytest.raises(KeyError):
         ledger.release(["1-0"])
+
+
+def test_split_keeps_order_sizes_and_sources() -> None:
+    coalescer = Coalescer()
+    coalescer.add("1-0", frag(3, {"a": "1"}), now=0.0)
+    coalescer.add("2-0", frag(2, {"a": "2"}, {"cm": "{}"}), now=0.0)
+    [body] = coalescer.flush()
+    first, second = body.split()
+    halves = [decoded(first), decoded(second)]  # asserts size == len(encode()) for each
+    assert [m["value"] for h in halves for m in h.get("metrics", [])] == [0.0, 1.0, 2.0, 0.0, 1.0]
+    assert halves[1]["tags"] == [{"name": "a", "value": "2"}]
+    assert halves[1]["customInfo"] == [{"name": "cm", "value": "{}"}]
+    assert set(first.sources) | set(second.sources) == {"1-0", "2-0"}
+    resource = orjson.loads(first.resource())
+    assert resource["resourceGroup"] == "default" and resource["executionId"] == "exec-1"
+    with pytest.raises(ValueError, match="cannot be split"):
+        first.split()[0].split()[0].split()
+
+
+def test_learning_from_413_shrinks_later_bodies_but_never_grows_them() -> None:
+    coalescer = Coalescer(Limits(max_body_bytes=1_000_000))
+    coalescer.add("1-0", frag(800), now=0.0)
+    [body] = coalescer.flush()
+    learned = coalescer.learn_too_large(body)
+    assert learned.max_metrics == 400
+    assert learned.max_body_bytes == max(body.size // 2, 16 * 1024)
+    small = Coalescer(Limits(max_body_bytes=1000))
+    small.add("1-0", frag(20), now=0.0)
+    assert small.learn_too_large(small.flush()[0]).max_body_bytes == 1000

@@ -13,7 +13,7 @@ the entry may be acknowledged when the last holder releases it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final
 
@@ -118,6 +118,41 @@ class Body:
             return len(data) - len(replaces)
         count = len(self.metrics) if section == "metrics" else len(self.named(section))
         return len(data) + (1 if count else len(_KEYS[section]) + 1)
+
+    def resource(self) -> bytes:
+        """The body as a stream fragment (with its resource group): the dead-letter form."""
+        return b'{"resourceGroup":' + orjson.dumps(self.resource_group) + b"," + self.encode()[1:]
+
+    def split(self) -> tuple[Body, Body]:
+        """Two bodies with the first and the second half of the items, in order (for 413/400).
+
+        Entries whose only item was superseded (last write wins) stay covered by the first half.
+        """
+        items: list[tuple[Section, str | None, Item]] = [("metrics", None, m) for m in self.metrics]
+        items += [("tags", name, item) for name, item in self.tags.items()]
+        items += [("customInfo", name, item) for name, item in self.custom_info.items()]
+        if len(items) < 2:
+            raise ValueError("a body with fewer than two items cannot be split")
+        middle = len(items) // 2
+        first, second = self._with(items[:middle]), self._with(items[middle:])
+        for source in self.sources:
+            if source not in second.sources:
+                first.sources.setdefault(source, None)
+        return first, second
+
+    def _with(self, items: list[tuple[Section, str | None, Item]]) -> Body:
+        body = Body(self.resource_group, self.execution_id, self.opened_at, self.head)
+        body.close_reason = self.close_reason
+        for section, name, (data, source) in items:
+            body.size += body.growth(section, data, None)
+            body.sources.setdefault(source, None)
+            if name is None:
+                body.metrics.append((data, source))
+            else:
+                body.named(section)[name] = (data, source)
+                if section == "customInfo":
+                    body.custom_info_bytes += len(data)
+        return body
 
     def encode(self) -> bytes:
         parts = [self.head]
@@ -224,6 +259,20 @@ class Coalescer:
         """When the oldest open body's linger runs out (None when nothing is open)."""
         oldest = next(iter(self._open.values()), None)
         return None if oldest is None else oldest.opened_at + self.linger
+
+    def learn_too_large(self, body: Body) -> Limits:
+        """A body with several items drew 413: halve the byte budget (and the metric count) for
+        later bodies, so they stop hitting a limit the server has and does not document."""
+        floor = 16 * 1024  # below this, splitting each 413 on demand is cheaper than shrinking
+        metrics = len(body.metrics)
+        self.limits = replace(
+            self.limits,
+            max_body_bytes=min(self.limits.max_body_bytes, max(body.size // 2, floor)),
+            max_metrics=min(self.limits.max_metrics, metrics // 2)
+            if metrics > 1
+            else (self.limits.max_metrics),
+        )
+        return self.limits
 
     def complete(self, body: Body) -> list[str]:
         """The body was delivered or dead-lettered: release its entries; return the done ids."""

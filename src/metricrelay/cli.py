@@ -15,7 +15,11 @@ Handler = Callable[[argparse.Namespace], int]
 
 # Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets
 # ``handler`` as a default; importing stays lazy so ``metricrelay --help`` is instant.
-_SUBCOMMANDS: tuple[str, ...] = ("metricrelay.commands.validate", "metricrelay.commands.demo")
+_SUBCOMMANDS: tuple[str, ...] = (
+    "metricrelay.commands.validate",
+    "metricrelay.commands.demo",
+    "metricrelay.commands.worker",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

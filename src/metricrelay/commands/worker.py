@@ -1,0 +1,70 @@
+"""``metricrelay worker``: the relay daemon (``--burst``: until the stream is drained)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from metricrelay.errors import ConfigError
+from metricrelay.settings import Settings
+
+__all__ = ["register", "run"]
+
+log = logging.getLogger(__name__)
+
+# flag → settings field; each also comes from METRICRELAY_<FIELD> (CONTRACT.md §2.3)
+_FLAGS: tuple[tuple[str, str, type], ...] = (
+    ("--redis-url", "redis_url", str),
+    ("--prefix", "prefix", str),
+    ("--api-url", "api_url", str),
+    ("--auth-url", "auth_url", str),
+    ("--client-id", "client_id", str),
+    ("--service-key", "service_key", str),
+    ("--resource-group", "resource_group", str),
+    ("--consumer-name", "consumer_name", str),
+    ("--linger", "linger", float),
+    ("--max-body-bytes", "max_body_bytes", int),
+    ("--request-timeout", "request_timeout", float),
+    ("--concurrency", "concurrency", int),
+    ("--retry-base", "retry_base", float),
+    ("--retry-cap", "retry_cap", float),
+    ("--retry-budget", "retry_budget", float),
+    ("--max-deliveries", "max_deliveries", int),
+    ("--memory-budget-bytes", "memory_budget_bytes", int),
+    ("--drain-deadline", "drain_deadline", float),
+)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run the relay daemon: stream → validated batches → PATCH",
+        description="Settings come from METRICRELAY_* (and AICORE_*) variables; flags win.",
+    )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="process until the stream has no new and no pending entries, then exit 0",
+    )
+    for flag, field, kind in _FLAGS:
+        parser.add_argument(flag, dest=field, type=kind, default=None)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from metricrelay.service import run_worker  # noqa: PLC0415 - keeps --help fast
+
+    overrides = {f: getattr(args, f) for _, f, _ in _FLAGS if getattr(args, f) is not None}
+    try:
+        settings = Settings.from_sources(overrides)
+        settings.auth_mode()
+    except ConfigError as exc:
+        log.error("configuration: %s", exc)
+        return 2
+    try:
+        asyncio.run(run_worker(settings, burst=args.burst))
+    except asyncio.CancelledError:
+        return 1
+    return 0

@@ -1,0 +1,133 @@
+"""The one backoff policy and retry loop; sleep, clock and randomness are injected."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Final, TypeVar
+
+from metricrelay.errors import MetricRelayError, RetriesExhausted
+
+__all__ = ["RetryPolicy", "call_with_retry", "parse_retry_after"]
+
+T = TypeVar("T")
+
+# Beyond 2**64 times the base every sane cap has long been reached; clamping the exponent keeps
+# `base * 2**attempt` from overflowing a float on absurd attempt counts.
+_MAX_EXPONENT: Final = 64
+_SECONDS = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Full-jitter exponential backoff with a total time budget.
+
+    ``base`` and ``cap`` bound the backoff (seconds), ``budget`` is the longest a caller keeps
+    retrying one operation, measured from its first attempt, and ``retry_after_cap`` bounds how
+    long a server's ``Retry-After`` can make us wait.
+    """
+
+    base: float
+    cap: float
+    budget: float
+    retry_after_cap: float
+
+    def __post_init__(self) -> None:
+        if not self.base > 0:
+            raise ValueError(f"retry base must be positive, got {self.base}")
+        if not self.cap >= self.base:
+            raise ValueError(f"retry cap ({self.cap}) must not be below the base ({self.base})")
+        if not self.budget >= 0:
+            raise ValueError(f"retry budget must not be negative, got {self.budget}")
+        if not self.retry_after_cap >= 0:
+            raise ValueError(f"retry_after_cap must not be negative, got {self.retry_after_cap}")
+
+    def ceiling(self, attempt: int) -> float:
+        """The upper bound of the delay after failed attempt number ``attempt + 1``."""
+        if attempt < 0:
+            raise ValueError(f"attempt must not be negative, got {attempt}")
+        return min(self.cap, math.ldexp(self.base, min(attempt, _MAX_EXPONENT)))
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]; ``attempt`` counts from 0.
+
+        Full jitter (rather than equal or decorrelated jitter) spreads the replicas that failed
+        together over the whole window, which is what un-synchronises a thundering herd.
+        """
+        return rng.uniform(0.0, self.ceiling(attempt))
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP date.
+
+    Decimal seconds are tolerated although RFC 9110 only allows integers; a negative number or a
+    date in the past means "now" (0). Anything unparsable gives None, and the caller falls back
+    to its own backoff.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if _SECONDS.fullmatch(text):
+        return max(0.0, float(text))
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC without a zone claim (RFC 5322)
+        when = when.replace(tzinfo=UTC)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _wait_before_retry(
+    error: MetricRelayError, failures: int, policy: RetryPolicy, rng: random.Random
+) -> float:
+    backoff = policy.delay(failures - 1, rng)
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(retry_after, int | float) and math.isfinite(retry_after):
+        # The server knows better than our backoff, but never let it park a batch for long.
+        return max(backoff, min(float(retry_after), policy.retry_after_cap))
+    return backoff
+
+
+async def call_with_retry(
+    operation: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+    on_retry: Callable[[MetricRelayError, int, float], None] | None = None,
+) -> tuple[T, int]:
+    """Await ``operation()`` until it succeeds; answer its result and the attempts it took.
+
+    Only a :class:`MetricRelayError` whose class says ``retriable`` is retried; anything else
+    (including cancellation) propagates at once, unchanged. Before each retry ``on_retry`` gets
+    the error, the number of the attempt that failed (from 1) and the delay about to be slept.
+    When the next attempt could not start within ``policy.budget`` seconds of the first one,
+    :class:`RetriesExhausted` is raised instead, wrapping the last error.
+    """
+    rng = rng if rng is not None else random.Random()
+    start = clock()
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return await operation(), attempts
+        except MetricRelayError as error:
+            if not error.retriable:
+                raise
+            delay = _wait_before_retry(error, attempts, policy, rng)
+            if clock() - start + delay > policy.budget:
+                raise RetriesExhausted(error, attempts) from error
+            if on_retry is not None:
+                on_retry(error, attempts, delay)
+        await sleep(delay)

@@ -1,0 +1,105 @@
+"""The worker's lifecycle: build from settings → run → drain with a deadline → close.
+
+Signal handlers only set the stop event; a second signal cancels the run at once (whatever is
+unacknowledged stays pending in Redis for another replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import AsyncExitStack
+
+import aiohttp
+import redis.asyncio as redis_asyncio
+
+from metricrelay.auth import build_token_provider
+from metricrelay.batching import Coalescer, Limits
+from metricrelay.dispatch import Dispatcher
+from metricrelay.keys import Keys
+from metricrelay.retry import RetryPolicy
+from metricrelay.settings import Settings
+from metricrelay.stream import EventStream
+from metricrelay.worker import Worker, WorkerConfig
+
+__all__ = ["metrics_url", "open_worker", "run_worker", "worker_config"]
+
+log = logging.getLogger(__name__)
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(
+        default_resource_group=settings.resource_group,
+        read_count=settings.read_count,
+        block_ms=settings.block_ms,
+        concurrency=settings.concurrency,
+        memory_budget_bytes=settings.memory_budget_bytes,
+        max_deliveries=settings.max_deliveries,
+        reclaim_idle_ms=settings.reclaim_idle_ms,
+        reclaim_interval=max(1.0, settings.reclaim_idle_ms / 4000),
+        trim_interval=settings.trim_interval,
+        drain_deadline=settings.drain_deadline,
+    )
+
+
+def metrics_url(settings: Settings) -> tuple[str, bool]:
+    """Where to PATCH, and whether to send the resource-group header (not in-cluster)."""
+    if settings.auth_mode() == "none":
+        return f"{str(settings.tracking_endpoint).rstrip('/')}/api/v1/metrics", False
+    return f"{str(settings.api_url).rstrip('/')}/lm/metrics", True
+
+
+async def open_worker(settings: Settings, stack: AsyncExitStack) -> Worker:
+    """Build a worker and its connections; ``stack`` closes them."""
+    client = redis_asyncio.Redis.from_url(settings.redis_url)
+    stack.push_async_callback(client.aclose)
+    session = await stack.enter_async_context(aiohttp.ClientSession())
+    keys = Keys(settings.prefix)
+    coalescer = Coalescer(Limits(max_body_bytes=settings.max_body_bytes), settings.linger)
+    url, with_group = metrics_url(settings)
+    policy = RetryPolicy(
+        settings.retry_base, settings.retry_cap, settings.retry_budget, settings.retry_after_cap
+    )
+    dispatcher = Dispatcher(
+        session,
+        url,
+        build_token_provider(settings, session),
+        policy,
+        timeout=settings.request_timeout,
+        with_resource_group=with_group,
+        on_too_large=coalescer.learn_too_large,
+    )
+    stream = EventStream(client, keys, settings.consumer_name)
+    log.info("worker %s reading %s, sending to %s", settings.consumer_name, keys.events, url)
+    return Worker(worker_config(settings), stream, coalescer, dispatcher)
+
+
+async def run_worker(settings: Settings, *, burst: bool = False) -> Worker:
+    """Run one worker until a signal (or, with ``burst``, until the stream is drained)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("stopping: draining for up to %.0fs", settings.drain_deadline)
+            stop.set()
+        elif main is not None:
+            log.warning("second signal: exiting now; unfinished entries stay pending")
+            main.cancel()
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, on_signal)
+    try:
+        async with AsyncExitStack() as stack:
+            worker = await open_worker(settings, stack)
+            await worker.run(stop, burst=burst)
+    finally:
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(number)
+    log.info("worker stopped: %s", worker.stats)
+    return worker

@@ -1,0 +1,382 @@
+"""metricrelay's settings: METRICRELAY_* variables, SAP's AICORE_* fall-backs, a service key file.
+
+Precedence, highest first: command-line overrides, ``METRICRELAY_<FIELD>``, the ``AICORE_*``
+fall-back of the field, the AI Core service key file, the default. An empty variable counts as
+unset. The CLI builds :class:`Settings` once with :meth:`Settings.from_sources` and passes it down.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from metricrelay.errors import ConfigError
+from metricrelay.keys import DEFAULT_PREFIX, Keys
+from metricrelay.models import EXECUTION_ID_PATTERN, RESOURCE_GROUP_PATTERN
+
+__all__ = [
+    "ENV_FALLBACKS",
+    "ENV_PREFIX",
+    "RECLAIM_SLACK_S",
+    "AuthMode",
+    "Settings",
+    "env_names",
+    "redact_url",
+]
+
+AuthMode = Literal["none", "token", "oauth"]
+
+ENV_PREFIX: Final = "METRICRELAY_"
+# The variables SAP's SDK reads (CONTRACT.md §1), read when METRICRELAY_<FIELD> is unset.
+ENV_FALLBACKS: Final[Mapping[str, str]] = {
+    "api_url": "AICORE_BASE_URL",
+    "auth_url": "AICORE_AUTH_URL",
+    "client_id": "AICORE_CLIENT_ID",
+    "client_secret": "AICORE_CLIENT_SECRET",
+    "resource_group": "AICORE_RESOURCE_GROUP",
+    "tracking_endpoint": "AICORE_TRACKING_ENDPOINT",
+    "execution_id": "AICORE_EXECUTION_ID",
+}
+TOKEN_SUFFIX: Final = "/oauth/token"
+API_SUFFIX: Final = "/v2"
+MIB: Final = 1024 * 1024
+# Added to the longest life of a batch before another worker may reclaim its entries: event-loop
+# scheduling and a token fetch on the happy path. Redis measures idle time on its own clock, so
+# clock skew between replicas does not enter.
+RECLAIM_SLACK_S: Final = 5.0
+
+
+def env_names(field_name: str) -> str:
+    """The variable(s) a field is read from, for messages: ``METRICRELAY_X (or AICORE_Y)``."""
+    name = ENV_PREFIX + field_name.upper()
+    fallback = ENV_FALLBACKS.get(field_name)
+    return f"{name} (or {fallback})" if fallback else name
+
+
+def _with_suffix(url: str, suffix: str) -> str:
+    url = url.rstrip("/")
+    return url if url.endswith(suffix) else url + suffix
+
+
+def _default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass
+class _Build:
+    """What one :meth:`Settings.from_sources` call reads from, and where each value came from."""
+
+    env: Mapping[str, str]
+    origins: dict[str, str] = field(default_factory=dict)
+
+
+# Set only while from_sources() builds an instance, so that tests can pass an env dict; a plain
+# Settings() reads os.environ — at construction time, never at import time.
+_BUILD: ContextVar[_Build | None] = ContextVar("metricrelay_settings_build", default=None)
+
+
+def _service_key_values(path: str) -> dict[str, tuple[str, str]]:
+    """field → (value, origin) from an AI Core service key JSON file."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"service key {path}: cannot read it ({exc.strerror})") from None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # no parser detail: it could quote a piece of the client secret
+        raise ConfigError(f"service key {path}: not valid JSON") from None
+    if isinstance(data, dict) and isinstance(data.get("credentials"), dict):
+        data = data["credentials"]  # `cf service-key` output of newer CLIs wraps the key
+    if not isinstance(data, dict):
+        raise ConfigError(f"service key {path}: not a JSON object")
+    urls = data.get("serviceurls")
+    found = {
+        "client_id": ("clientid", data.get("clientid")),
+        "client_secret": ("clientsecret", data.get("clientsecret")),
+        "auth_url": ("url", data.get("url")),
+        "api_url": (
+            "serviceurls.AI_API_URL",
+            urls.get("AI_API_URL") if isinstance(urls, dict) else None,
+        ),
+    }
+    values: dict[str, tuple[str, str]] = {}
+    for name, (key, value) in found.items():
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise ConfigError(f"service key {path}: {key} must be a string")
+        suffix = {"auth_url": TOKEN_SUFFIX, "api_url": API_SUFFIX}.get(name)
+        values[name] = (
+            _with_suffix(value, suffix) if suffix else value,
+            f"{key} of service key {path}",
+        )
+    return values
+
+
+def _layered(
+    env: Mapping[str, str], fields: Mapping[str, FieldInfo], key_path: object
+) -> dict[str, tuple[str, str]]:
+    """field → (raw value, origin), every layer below the command line applied in order."""
+    path = (
+        key_path if isinstance(key_path, str) and key_path else env.get("METRICRELAY_SERVICE_KEY")
+    )
+    layered = _service_key_values(path) if path else {}
+    for name, variable in ENV_FALLBACKS.items():
+        if value := env.get(variable):
+            if name == "auth_url":  # SAP's SDK also appends it to a bare auth host
+                value = _with_suffix(value, TOKEN_SUFFIX)
+            layered[name] = (value, variable)
+    for name in fields:
+        variable = ENV_PREFIX + name.upper()
+        if value := env.get(variable):
+            layered[name] = (value, variable)
+    return layered
+
+
+class _LayeredSource(PydanticBaseSettingsSource):
+    """METRICRELAY_* over AICORE_* over the service key file, from one environment mapping."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Unused: __call__ resolves every field at once, because layers depend on each other
+        # (the service key path decides what the lowest layer holds).
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        build = _BUILD.get()
+        env = os.environ if build is None else build.env
+        # current_state holds the command-line values, so --service-key is honoured here
+        layered = _layered(
+            env, self.settings_cls.model_fields, self.current_state.get("service_key")
+        )
+        if build is not None:
+            build.origins.update({name: origin for name, (_, origin) in layered.items()})
+        return {name: value for name, (value, _) in layered.items()}
+
+
+def _describe(
+    error: ValidationError, overrides: Mapping[str, object], origins: dict[str, str]
+) -> str:
+    """One phrase per problem, joined by "; ", each naming the variable, flag or file behind it."""
+    problems = []
+    for problem in error.errors(include_url=False, include_input=False):
+        name = str(problem["loc"][0]) if problem["loc"] else ""
+        if name in overrides:
+            label = "--" + name.replace("_", "-")
+        elif name in Settings.model_fields:
+            label = origins.get(name, ENV_PREFIX + name.upper())
+        else:
+            label = name
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown setting"
+        problems.append(f"{label}: {message}" if label else message)
+    return "; ".join(problems)
+
+
+# --------------------------------------------------------------------------- the settings
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info replaced, for logs and dumps."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:**********@{host}"))
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """Everything the worker is told; secrets are :class:`SecretStr` and never printed.
+
+    Build it with :meth:`from_sources`, which turns validation errors into :class:`ConfigError`;
+    a plain ``Settings(**values)`` reads the same sources but raises pydantic's ValidationError.
+    """
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
+    )
+
+    # The URL may carry a Redis password: it stays out of repr() and is redacted in dumps.
+    redis_url: str = Field("redis://localhost:6379/0", repr=False)
+    prefix: str = DEFAULT_PREFIX
+    api_url: str | None = None
+    auth_url: str | None = None
+    client_id: str | None = Field(None, min_length=1)
+    client_secret: SecretStr | None = None
+    service_key: str | None = None
+    token: SecretStr | None = None
+    resource_group: str = Field("default", pattern=RESOURCE_GROUP_PATTERN)
+    tracking_endpoint: str | None = None
+    execution_id: str | None = Field(None, pattern=EXECUTION_ID_PATTERN)
+
+    consumer_name: str = Field(default_factory=_default_consumer_name, min_length=1)
+    read_count: int = Field(1000, ge=1)
+    block_ms: int = Field(1000, ge=1)  # 0 would block forever in XREADGROUP
+    linger: float = Field(0.5, ge=0)
+    max_body_bytes: int = Field(4 * MIB, ge=1024)
+    request_timeout: float = Field(30.0, gt=0)
+    concurrency: int = Field(16, ge=1)
+    retry_base: float = Field(0.5, gt=0)
+    retry_cap: float = Field(30.0, gt=0)
+    retry_budget: float = Field(300.0, ge=0)
+    retry_after_cap: float = Field(120.0, ge=0)
+    max_deliveries: int = Field(5, ge=1)
+    memory_budget_bytes: int = Field(256 * MIB, ge=1)
+    drain_deadline: float = Field(25.0, gt=0)  # below Kubernetes' default 30 s grace period
+    trim_interval: float = Field(60.0, gt=0)
+    health_port: int | None = Field(None, ge=0, le=65535)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env or secrets-dir sources: containers pass the environment, and one layered
+        # source keeps the METRICRELAY_* / AICORE_* / service key precedence in one place.
+        return init_settings, _LayeredSource(settings_cls)
+
+    @classmethod
+    def from_sources(
+        cls,
+        cli_overrides: Mapping[str, object] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Build the settings from flags (highest), ``env`` (default ``os.environ``) and files.
+
+        Raises :class:`ConfigError` naming the variable, flag or file behind each bad value.
+        """
+        overrides: dict[str, Any] = dict(cli_overrides or {})
+        build = _Build(os.environ if env is None else env)
+        token = _BUILD.set(build)
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, overrides, build.origins)) from None
+        finally:
+            _BUILD.reset(token)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_serializer("redis_url")
+    def _redis_url_redacted(self, value: str) -> str:
+        return redact_url(value)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        Keys(value)  # the one place that knows what a key prefix may be
+        return value
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = _check_http_url(value)
+        if not value.endswith(API_SUFFIX):
+            raise ValueError(f"must end in {API_SUFFIX}, e.g. https://api.ai.<region>.../v2")
+        return value
+
+    @field_validator("auth_url", "tracking_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.retry_cap < self.retry_base:
+            raise ValueError(
+                f"METRICRELAY_RETRY_CAP ({self.retry_cap}) must not be below "
+                f"METRICRELAY_RETRY_BASE ({self.retry_base})"
+            )
+        if self.memory_budget_bytes < self.max_body_bytes:
+            raise ValueError(
+                "METRICRELAY_MEMORY_BUDGET_BYTES must be at least METRICRELAY_MAX_BODY_BYTES, "
+                "or not even one body fits"
+            )
+        return self
+
+    def auth_mode(self) -> AuthMode:
+        """How requests are authorised; :class:`ConfigError` names what is missing.
+
+        ``none``: in-cluster tracking endpoint (it wins when set, as in SAP's SDK);
+        ``token``: a fixed bearer token (wins over client credentials); ``oauth``: client
+        credentials against ``auth_url``.
+        """
+        if self.tracking_endpoint is not None:
+            if self.execution_id is None:
+                raise ConfigError(
+                    f"{env_names('tracking_endpoint')} is set (in-cluster mode) but "
+                    f"{env_names('execution_id')} is not"
+                )
+            return "none"
+        if self.api_url is None:
+            raise ConfigError(
+                f"no metrics endpoint: set {env_names('api_url')} or METRICRELAY_SERVICE_KEY, "
+                f"or {env_names('tracking_endpoint')} with {env_names('execution_id')} "
+                "inside an AI Core execution"
+            )
+        if self.token is not None:
+            return "token"
+        missing = [
+            env_names(name)
+            for name in ("client_id", "client_secret", "auth_url")
+            if getattr(self, name) is None
+        ]
+        if not missing:
+            return "oauth"
+        raise ConfigError(
+            f"{env_names('api_url')} is set but there are no credentials: set METRICRELAY_TOKEN, "
+            f"or METRICRELAY_SERVICE_KEY, or the missing {', '.join(missing)}"
+        )
+
+    @property
+    def reclaim_idle_ms(self) -> int:
+        """How long an entry may stay pending before another worker reclaims it.
+
+        The longest a batch lives: ``linger`` in the coalescer, then attempts that start within
+        ``retry_budget``; the last attempt can be two PATCHes (a 401 gets a fresh token and one
+        more try), each bounded by ``request_timeout``; plus :data:`RECLAIM_SLACK_S`.
+        """
+        seconds = self.linger + self.retry_budget + 2 * self.request_timeout + RECLAIM_SLACK_S
+        return math.ceil(seconds * 1000)

@@ -1,0 +1,131 @@
+"""The event stream as a consumer group: read, acknowledge, reclaim, trim. Knows nothing of HTTP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from metricrelay.keys import Keys
+
+__all__ = ["Entry", "EventStream"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry: its id, its ``resource`` bytes (None if the field is missing)."""
+
+    id: str
+    resource: bytes | None
+    size: int  # bytes it takes in the worker's memory budget
+
+    @property
+    def ms(self) -> int:
+        return int(self.id.partition("-")[0])
+
+
+def _entries(rows: Sequence[Any]) -> list[Entry]:
+    out = []
+    for entry_id, fields in rows:
+        if fields is None:  # deleted while pending (Redis < 7 reports such ids this way)
+            continue
+        resource = fields.get(b"resource")
+        size = sum(len(k) + len(v) for k, v in fields.items())
+        out.append(Entry(entry_id.decode(), resource, size))
+    return out
+
+
+class EventStream:
+    """One consumer of the group on the event stream."""
+
+    def __init__(self, redis: Any, keys: Keys, consumer: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.consumer = consumer
+        self._reclaim_cursor = "0-0"
+
+    async def ensure_group(self) -> None:
+        """Create the group (and the stream) if missing, from the stream's first entry: what
+        producers wrote before any worker ever ran is delivered too."""
+        try:
+            await self.redis.xgroup_create(self.keys.events, self.keys.group, id="0", mkstream=True)
+            log.info("created consumer group %s on %s", self.keys.group, self.keys.events)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(self, count: int, block_ms: int | None) -> list[Entry]:
+        """New entries for this consumer; ``block_ms`` None returns at once."""
+        reply = await self.redis.xreadgroup(
+            self.keys.group, self.consumer, {self.keys.events: ">"}, count=count, block=block_ms
+        )
+        if not reply:
+            return []
+        return _entries(reply[0][1])
+
+    async def ack(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        acked: int = await self.redis.xack(self.keys.events, self.keys.group, *ids)
+        return acked
+
+    async def reclaim(self, min_idle_ms: int, count: int) -> list[tuple[Entry, int]]:
+        """Take over entries other consumers left pending longer than ``min_idle_ms``.
+
+        Returns each entry with how many times it has now been delivered (poison detection).
+        """
+        reply = await self.redis.xautoclaim(
+            self.keys.events,
+            self.keys.group,
+            self.consumer,
+            min_idle_time=min_idle_ms,
+            start_id=self._reclaim_cursor,
+            count=count,
+        )
+        cursor, rows = reply[0], reply[1]
+        self._reclaim_cursor = cursor.decode() if isinstance(cursor, bytes) else cursor
+        entries = _entries(rows)
+        if not entries:
+            return []
+        counts = await self.delivery_counts(entries[0].id, entries[-1].id, len(entries) * 2)
+        return [(entry, counts.get(entry.id, 1)) for entry in entries]
+
+    async def delivery_counts(self, first: str, last: str, count: int) -> dict[str, int]:
+        rows = await self.redis.xpending_range(
+            self.keys.events, self.keys.group, first, last, count, consumername=self.consumer
+        )
+        return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+
+    async def pending_count(self) -> int:
+        summary = await self.redis.xpending(self.keys.events, self.keys.group)
+        return int(summary["pending"])
+
+    async def trim(self) -> int:
+        """Delete acknowledged entries: everything older than the oldest entry any group still
+        needs (its oldest pending one, or the first it has not been given yet)."""
+        keep_from: str | None = None
+        for group in await self.redis.xinfo_groups(self.keys.events):
+            name = _text(group["name"])
+            needed = _text(group["last-delivered-id"])
+            if int(group["pending"]):
+                summary = await self.redis.xpending(self.keys.events, name)
+                needed = min(needed, _text(summary["min"]), key=_id_key)
+            keep_from = needed if keep_from is None else min(keep_from, needed, key=_id_key)
+        if keep_from is None or keep_from == "0-0":
+            return 0
+        trimmed: int = await self.redis.xtrim(self.keys.events, minid=keep_from, approximate=False)
+        return trimmed
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return (int(ms), int(seq or 0))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

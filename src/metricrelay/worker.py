@@ -1,0 +1,248 @@
+"""Orchestration only: read → validate → coalesce → dispatch → acknowledge or dead-letter.
+
+An entry is acknowledged when every holder of its items is done: each body holding some was
+accepted by the API (or its failed parts were written to the dead-letter stream), and each of its
+invalid items was written to the dead-letter stream. Until then it stays pending, so a crash at
+any instant leaves it for another worker to reclaim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from metricrelay.batching import Body, Coalescer
+from metricrelay.codec import EncodedFragment, decode_entry
+from metricrelay.deadletter import DeadLetter, Reason, write_dead_letters
+from metricrelay.dispatch import Delivery, Dispatcher
+from metricrelay.scheduler import KeyedScheduler
+from metricrelay.stream import Entry, EventStream
+
+__all__ = ["Worker", "WorkerConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    default_resource_group: str = "default"
+    read_count: int = 1000
+    block_ms: int = 1000
+    concurrency: int = 16
+    memory_budget_bytes: int = 256 * 1024 * 1024
+    max_deliveries: int = 5
+    reclaim_idle_ms: int = 360_000
+    reclaim_interval: float = 5.0
+    trim_interval: float = 10.0
+    drain_deadline: float = 25.0
+
+
+class Worker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        stream: EventStream,
+        coalescer: Coalescer,
+        dispatcher: Dispatcher,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.stream = stream
+        self.coalescer = coalescer
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.scheduler = KeyedScheduler(config.concurrency, self._deliver)
+        self._held: dict[str, int] = {}  # entry id → bytes it accounts for, until acknowledged
+        self.held_bytes = 0
+        self._room = asyncio.Event()
+        self.stats: dict[str, int] = {}
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + amount
+
+    async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
+        """Work until ``stop`` is set (or, with ``burst``, until nothing is left), then drain."""
+        await self.stream.ensure_group()
+        next_reclaim = next_trim = self.clock()
+        while not stop.is_set():
+            now = self.clock()
+            if now >= next_reclaim:
+                await self._reclaim()
+                next_reclaim = now + self.config.reclaim_interval
+            if now >= next_trim:
+                self.count("trimmed", await self.stream.trim())
+                next_trim = now + self.config.trim_interval
+            got = await self._read_some()
+            self._submit(self.coalescer.poll(self.clock()))
+            if burst and not got and await self._finished_burst():
+                break
+        await self._drain()
+
+    async def _read_some(self) -> int:
+        """Read and take in new entries unless the memory budget is spent; the count read."""
+        if self.held_bytes >= self.config.memory_budget_bytes:
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), self._wait_seconds())
+            return 0
+        entries = await self.stream.read(self.config.read_count, self._block_ms())
+        await self.ingest(entries)
+        return len(entries)
+
+    def _wait_seconds(self) -> float:
+        deadline = self.coalescer.next_deadline()
+        horizon = self.config.block_ms / 1000
+        if deadline is None:
+            return horizon
+        return max(0.001, min(horizon, deadline - self.clock()))
+
+    def _block_ms(self) -> int:
+        return max(1, int(self._wait_seconds() * 1000))
+
+    async def _finished_burst(self) -> bool:
+        self._submit(self.coalescer.flush())
+        await self.scheduler.wait_idle()
+        return not self._held and await self.stream.pending_count() == 0
+
+    async def ingest(self, entries: Sequence[Entry]) -> None:
+        """Validate and coalesce entries; dead-letter what is invalid; ack what is done."""
+        letters: list[DeadLetter] = []
+        held_by_letters: list[str] = []  # one hold of an entry per dead letter written for it
+        done: list[str] = []
+        now = self.clock()
+        ledger = self.coalescer.ledger
+        for entry in entries:
+            self._held[entry.id] = entry.size
+            self.held_bytes += entry.size
+            fragment, invalid = self._decode(entry)
+            for letter in invalid:
+                ledger.hold(entry.id)
+                letters.append(letter)
+                held_by_letters.append(entry.id)
+            if fragment is None:
+                continue
+            done += self.coalescer.add(entry.id, fragment, now)
+            for item in self.coalescer.take_rejected():  # too large for any body: held already
+                letters.append(
+                    DeadLetter(item.resource(), Reason.INVALID, item.reason, [item.source])
+                )
+                held_by_letters.append(item.source)
+        if letters:
+            await write_dead_letters(self.stream.redis, self.stream.keys, letters)
+            self.count("dead_letters_invalid", len(letters))
+            done += ledger.release(held_by_letters)
+        self.count("entries_read", len(entries))
+        await self._acknowledge(done)
+        self._submit(self.coalescer.take_ready())
+
+    def _decode(self, entry: Entry) -> tuple[EncodedFragment | None, list[DeadLetter]]:
+        if entry.resource is None:
+            return None, [
+                DeadLetter(b"", Reason.INVALID, "entry has no 'resource' field", [entry.id])
+            ]
+        decoded = decode_entry(
+            entry.resource,
+            entry_ms=entry.ms,
+            default_resource_group=self.config.default_resource_group,
+        )
+        invalid = [
+            DeadLetter(p.resource, Reason.INVALID, p.message, [entry.id]) for p in decoded.problems
+        ]
+        return decoded.fragment, invalid
+
+    async def _reclaim(self) -> None:
+        """Take over entries of dead consumers; poison what keeps coming back."""
+        claimed = await self.stream.reclaim(self.config.reclaim_idle_ms, self.config.read_count)
+        fresh = [
+            e for e, n in claimed if n <= self.config.max_deliveries and e.id not in self._held
+        ]
+        poison = [
+            (e, n) for e, n in claimed if n > self.config.max_deliveries and e.id not in self._held
+        ]
+        if poison:
+            limit = self.config.max_deliveries
+            letters = [
+                DeadLetter(
+                    e.resource or b"",
+                    Reason.POISON,
+                    f"delivered {n} times without being acknowledged (at most {limit} allowed)",
+                    [e.id],
+                    attempts=n,
+                )
+                for e, n in poison
+            ]
+            await write_dead_letters(self.stream.redis, self.stream.keys, letters)
+            await self.stream.ack([e.id for e, _ in poison])
+            self.count("dead_letters_poison", len(poison))
+        if fresh:
+            log.info("reclaimed %d entries from dead consumers", len(fresh))
+            self.count("reclaimed", len(fresh))
+            await self.ingest(fresh)
+
+    def _submit(self, bodies: Iterable[Body]) -> None:
+        for body in bodies:
+            self.count(f"bodies_{body.close_reason}")
+            self.scheduler.submit(body)
+
+    async def _deliver(self, body: Body) -> None:
+        started = time.perf_counter()
+        delivery = await self.dispatcher.deliver(body)
+        letters = [
+            DeadLetter(
+                f.body.resource(), f.reason, f.error, list(f.body.sources), f.status, f.attempts
+            )
+            for f in delivery.failures
+        ]
+        if letters:
+            await write_dead_letters(self.stream.redis, self.stream.keys, letters)
+            for failure in delivery.failures:
+                self.count(f"dead_letters_{failure.reason}")
+        await self._acknowledge(self.coalescer.complete(body))
+        self._log_outcome(body, delivery, time.perf_counter() - started)
+
+    def _log_outcome(self, body: Body, delivery: Delivery, seconds: float) -> None:
+        failed = sum(len(f.body.metrics) for f in delivery.failures)
+        self.count("requests", delivery.requests)
+        self.count("retries", delivery.retries)
+        self.count("splits", delivery.splits)
+        self.count("points_sent", len(body.metrics) - failed)
+        for status, n in delivery.statuses.items():
+            self.count(f"status_{status}", n)
+        log.info(
+            "batch %s/%s: %d points, %d bytes, statuses %s, %d requests, %d dead, %.0f ms",
+            body.resource_group,
+            body.execution_id,
+            len(body.metrics),
+            body.size,
+            delivery.statuses,
+            delivery.requests,
+            len(delivery.failures),
+            seconds * 1000,
+        )
+
+    async def _acknowledge(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        await self.stream.ack(ids)
+        for entry_id in ids:
+            self.held_bytes -= self._held.pop(entry_id, 0)
+        self.count("entries_acked", len(ids))
+        if self.held_bytes < self.config.memory_budget_bytes:
+            self._room.set()
+
+    async def _drain(self) -> None:
+        """Flush open bodies; wait for deliveries up to the deadline; leave the rest pending."""
+        self._submit(self.coalescer.flush())
+        if not await self.scheduler.wait_idle(self.config.drain_deadline):
+            log.warning(
+                "drain deadline of %.1fs reached: %d deliveries cancelled, their entries stay "
+                "pending for another worker",
+                self.config.drain_deadline,
+                self.scheduler.in_flight + self.scheduler.queued,
+            )
+            await self.scheduler.cancel()

@@ -1,0 +1,65 @@
+"""The consumer-group wrapper against a real redis-server: read, ack, reclaim, trim."""
+
+from __future__ import annotations
+
+import redis.asyncio as redis_asyncio
+
+from metricrelay.keys import Keys
+from metricrelay.stream import EventStream
+
+KEYS = Keys()
+
+
+async def add(client: redis_asyncio.Redis, count: int) -> list[str]:
+    return [
+        (await client.xadd(KEYS.events, {"resource": f'{{"n":{n}}}'.encode()})).decode()
+        for n in range(count)
+    ]
+
+
+async def test_group_sees_what_was_written_before_it_existed(
+    redis_client: redis_asyncio.Redis,
+) -> None:
+    ids = await add(redis_client, 3)
+    stream = EventStream(redis_client, KEYS, "c1")
+    await stream.ensure_group()
+    await stream.ensure_group()  # idempotent
+    entries = await stream.read(10, None)
+    assert [e.id for e in entries] == ids
+    assert entries[0].resource == b'{"n":0}'
+    assert entries[0].ms == int(ids[0].split("-")[0])
+    assert await stream.pending_count() == 3
+    assert await stream.ack(ids[:2]) == 2
+    assert await stream.pending_count() == 1
+
+
+async def test_trim_never_removes_a_pending_or_undelivered_entry(
+    redis_client: redis_asyncio.Redis,
+) -> None:
+    stream = EventStream(redis_client, KEYS, "c1")
+    await stream.ensure_group()
+    ids = await add(redis_client, 10)
+    taken = await stream.read(6, None)  # ids[0:6] delivered, ids[6:] not yet
+    await stream.ack([e.id for e in taken if e.id != ids[3]])  # ids[3] stays pending
+    await stream.trim()
+    left = [i.decode() for i, _ in await redis_client.xrange(KEYS.events)]
+    assert ids[3] in left and all(i in left for i in ids[6:])
+    assert ids[0] not in left  # acknowledged and older than anything needed: trimmed
+    await stream.ack([ids[3]])
+    rest = await stream.read(10, None)
+    await stream.ack([e.id for e in rest])
+    await stream.trim()
+    assert await redis_client.xlen(KEYS.events) <= 1  # the last delivered one may stay
+
+
+async def test_reclaim_takes_over_idle_entries_and_counts_deliveries(
+    redis_client: redis_asyncio.Redis,
+) -> None:
+    dead = EventStream(redis_client, KEYS, "dead-consumer")
+    await dead.ensure_group()
+    ids = await add(redis_client, 4)
+    await dead.read(10, None)
+    alive = EventStream(redis_client, KEYS, "alive")
+    assert await alive.reclaim(min_idle_ms=60_000, count=10) == []  # not idle long enough
+    claimed = await alive.reclaim(min_idle_ms=0, count=10)
+    assert [(e.id, n) for e, n in claimed] == [(i, 2) for i in ids]
