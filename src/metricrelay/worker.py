@@ -79,17 +79,17 @@ class Worker:
                 next_trim = now + self.config.trim_interval
             got = await self._read_some()
             self._submit(self.coalescer.poll(self.clock()))
-            if burst and not got and await self._finished_burst():
+            if burst and got == 0 and await self._finished_burst():
                 break
         await self._drain()
 
-    async def _read_some(self) -> int:
-        """Read and take in new entries unless the memory budget is spent; the count read."""
+    async def _read_some(self) -> int | None:
+        """Read and take in new entries; the count read, None if the memory budget is spent."""
         if self.held_bytes >= self.config.memory_budget_bytes:
             self._room.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), self._wait_seconds())
-            return 0
+            return None
         entries = await self.stream.read(self.config.read_count, self._block_ms())
         await self.ingest(entries)
         return len(entries)

@@ -183,3 +183,33 @@ async def test_entries_delivered_too_often_become_poison(
     assert letter.source_ids == [entry_id]
     assert scripted_api.accepted == []
     assert worker.stats["dead_letters_poison"] == 1
+
+
+async def test_memory_is_bounded_the_stream_is_the_buffer(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+) -> None:
+    scripted_api.delay = 0.002  # a slow API: the backlog must stay in Redis, not in the worker
+    documents = [
+        {"executionId": f"exec-{n % 20:03d}", "metrics": [point(0, n)]} for n in range(3000)
+    ]
+    await xadd_all(redis_client, documents)
+    entry_size = max(len(orjson.dumps(d)) for d in documents) + len(b"resource")
+    budget, read_count = 20_000, 50
+    peak = 0
+    async with AsyncExitStack() as stack:
+        worker = await open_worker(settings_for(redis_server, scripted_api.url), stack)
+        worker.config = dataclasses.replace(
+            worker.config, memory_budget_bytes=budget, read_count=read_count
+        )
+        ingest = worker.ingest
+
+        async def watched(entries: Any) -> None:
+            nonlocal peak
+            await ingest(entries)
+            peak = max(peak, worker.held_bytes)
+
+        worker.ingest = watched  # type: ignore[method-assign]
+        await asyncio.wait_for(worker.run(asyncio.Event(), burst=True), 120)
+    assert peak <= budget + read_count * entry_size
+    assert worker.held_bytes == 0
+    assert sum(len(d["metrics"]) for d in scripted_api.accepted) == 3000
