@@ -1,7 +1,9 @@
 """Delivering one PATCH body: HTTP status → outcome, retries, 413 halving, 400 bisection.
 
-:meth:`Dispatcher.deliver` never raises for a failed delivery: it answers with the parts of the
-body that could not be delivered, each with its dead-letter reason. Everything else was accepted.
+:meth:`Dispatcher.deliver` does not raise for a failed delivery: it answers with the parts of the
+body that could not be delivered, each with its dead-letter reason; everything else was accepted.
+The exception is :class:`AuthError` (the token service refuses our credentials): no body can be
+delivered until an operator fixes them, so it propagates instead of dead-lettering all traffic.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from metricrelay.auth import TokenProvider
 from metricrelay.batching import Body
 from metricrelay.deadletter import Reason
 from metricrelay.errors import (
-    AuthError,
     BadRequest,
     DeliveryError,
     NetworkError,
@@ -109,7 +110,7 @@ class Dispatcher:
                 return
             if isinstance(exc, PayloadTooLarge) and self.on_too_large is not None:
                 self.on_too_large(body)
-        except (Unauthorized, RejectedDelivery, AuthError) as exc:
+        except (Unauthorized, RejectedDelivery) as exc:
             delivery.failures.append(self._failure(body, Reason.REJECTED, exc, 1))
             return
         delivery.splits += 1

@@ -74,6 +74,20 @@ class EventStream:
         acked: int = await self.redis.xack(self.keys.events, self.keys.group, *ids)
         return acked
 
+    async def touch(self, ids: Sequence[str], chunk: int = 5000) -> None:
+        """Reset the idle time of entries this consumer still works on (a heartbeat), so no other
+        worker reclaims them while they wait for a slot, a split or a retry. JUSTID: the
+        delivery counter is not raised."""
+        for start in range(0, len(ids), chunk):
+            await self.redis.xclaim(
+                self.keys.events,
+                self.keys.group,
+                self.consumer,
+                0,
+                list(ids[start : start + chunk]),
+                justid=True,
+            )
+
     async def reclaim(self, min_idle_ms: int, count: int) -> list[tuple[Entry, int]]:
         """Take over entries other consumers left pending longer than ``min_idle_ms``.
 
@@ -100,6 +114,17 @@ class EventStream:
             self.keys.events, self.keys.group, first, last, count, consumername=self.consumer
         )
         return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+
+    async def prune_consumers(self, min_idle_ms: int) -> list[str]:
+        """Forget consumers (crashed or stopped replicas) with nothing pending, idle that long;
+        each restart adds a name (host + pid), and the group should not grow forever."""
+        gone = []
+        for consumer in await self.redis.xinfo_consumers(self.keys.events, self.keys.group):
+            name = _text(consumer["name"])
+            if name != self.consumer and not consumer["pending"] and consumer["idle"] > min_idle_ms:
+                await self.redis.xgroup_delconsumer(self.keys.events, self.keys.group, name)
+                gone.append(name)
+        return gone
 
     async def pending_count(self) -> int:
         summary = await self.redis.xpending(self.keys.events, self.keys.group)

@@ -19,6 +19,7 @@ from metricrelay.batching import Body, Coalescer
 from metricrelay.codec import EncodedFragment, decode_entry
 from metricrelay.deadletter import DeadLetter, Reason, write_dead_letters
 from metricrelay.dispatch import Delivery, Dispatcher
+from metricrelay.errors import AuthError
 from metricrelay.scheduler import KeyedScheduler
 from metricrelay.stream import Entry, EventStream
 
@@ -60,28 +61,38 @@ class Worker:
         self._held: dict[str, int] = {}  # entry id → bytes it accounts for, until acknowledged
         self.held_bytes = 0
         self._room = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.fatal: AuthError | None = None  # why the worker stopped on its own, if it did
         self.stats: dict[str, int] = {}
 
     def count(self, name: str, amount: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + amount
 
     async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
-        """Work until ``stop`` is set (or, with ``burst``, until nothing is left), then drain."""
+        """Work until ``stop`` is set (or, with ``burst``, until nothing is left), then drain.
+
+        Raises :class:`AuthError` after draining if the credentials were refused.
+        """
+        self._stop = stop
         await self.stream.ensure_group()
         next_reclaim = next_trim = self.clock()
         while not stop.is_set():
             now = self.clock()
             if now >= next_reclaim:
+                await self.stream.touch(list(self._held))
                 await self._reclaim()
                 next_reclaim = now + self.config.reclaim_interval
             if now >= next_trim:
                 self.count("trimmed", await self.stream.trim())
+                await self.stream.prune_consumers(self.config.reclaim_idle_ms * 10)
                 next_trim = now + self.config.trim_interval
             got = await self._read_some()
             self._submit(self.coalescer.poll(self.clock()))
             if burst and got == 0 and await self._finished_burst():
                 break
         await self._drain()
+        if self.fatal is not None:
+            raise self.fatal
 
     async def _read_some(self) -> int | None:
         """Read and take in new entries; the count read, None if the memory budget is spent."""
@@ -191,7 +202,13 @@ class Worker:
 
     async def _deliver(self, body: Body) -> None:
         started = time.perf_counter()
-        delivery = await self.dispatcher.deliver(body)
+        try:
+            delivery = await self.dispatcher.deliver(body)
+        except AuthError as exc:  # its entries stay pending, for when the credentials are fixed
+            log.error("stopping: the token service refused the credentials: %s", exc)
+            self.fatal = exc
+            self._stop.set()
+            return
         letters = [
             DeadLetter(
                 f.body.resource(), f.reason, f.error, list(f.body.sources), f.status, f.attempts

@@ -148,3 +148,25 @@ async def test_token_expiry_and_401_refresh_and_the_secret_is_never_shown(
     for token in scripted_api.tokens_issued:
         assert token.encode() not in output
     assert await redis_client.xlen(KEYS.dead) == 0
+
+
+async def test_refused_credentials_stop_the_worker_and_lose_nothing(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+) -> None:
+    await write_points(redis_client, executions=2, entries=3, per=10)
+    env = worker_env(redis_server, scripted_api)
+    del env["METRICRELAY_TOKEN"]
+    base = scripted_api.url.removesuffix("/v2/lm/metrics")
+    env.update(
+        METRICRELAY_AUTH_URL=f"{base}/oauth/token",
+        METRICRELAY_CLIENT_ID="client-1",
+        METRICRELAY_CLIENT_SECRET="wrong-secret",
+    )
+    worker = await start_worker(env, "--burst")
+    out, err = await asyncio.wait_for(worker.communicate(), 60)
+    assert worker.returncode == 2
+    assert b"refused the credentials" in err
+    assert b"wrong-secret" not in out + err
+    assert scripted_api.accepted == []
+    assert await redis_client.xlen(KEYS.dead) == 0  # nothing dead-lettered for a config error
+    assert (await redis_client.xpending(KEYS.events, KEYS.group))["pending"] > 0

@@ -63,3 +63,38 @@ async def test_reclaim_takes_over_idle_entries_and_counts_deliveries(
     assert await alive.reclaim(min_idle_ms=60_000, count=10) == []  # not idle long enough
     claimed = await alive.reclaim(min_idle_ms=0, count=10)
     assert [(e.id, n) for e, n in claimed] == [(i, 2) for i in ids]
+
+
+async def test_idle_consumers_with_nothing_pending_are_forgotten(
+    redis_client: redis_asyncio.Redis,
+) -> None:
+    old = EventStream(redis_client, KEYS, "old-replica")
+    await old.ensure_group()
+    busy = EventStream(redis_client, KEYS, "busy-replica")
+    await add(redis_client, 1)
+    await busy.read(10, None)  # keeps one entry pending
+    await redis_client.xgroup_createconsumer(KEYS.events, KEYS.group, "old-replica")
+    me = EventStream(redis_client, KEYS, "me")
+    assert await me.prune_consumers(min_idle_ms=60_000) == []
+    assert await me.prune_consumers(min_idle_ms=-1) == ["old-replica"]
+    names = {
+        c["name"].decode() for c in await redis_client.xinfo_consumers(KEYS.events, KEYS.group)
+    }
+    assert names == {"busy-replica"}
+
+
+async def test_touch_keeps_entries_in_work_from_being_reclaimed(
+    redis_client: redis_asyncio.Redis,
+) -> None:
+    me = EventStream(redis_client, KEYS, "me")
+    await me.ensure_group()
+    ids = await add(redis_client, 3)
+    await me.read(10, None)
+    # pretend they have waited 100 s (for a slot, a split, a retry)
+    await redis_client.xclaim(KEYS.events, KEYS.group, "me", 0, ids, idle=100_000, justid=True)
+    other = EventStream(redis_client, KEYS, "other")
+    await me.touch(ids[:2], chunk=1)
+    claimed = await other.reclaim(min_idle_ms=50_000, count=10)
+    assert [e.id for e, _ in claimed] == [ids[2]]  # only the one not touched
+    counts = await me.delivery_counts("-", "+", 10)
+    assert counts == {ids[0]: 1, ids[1]: 1}  # touching does not count as a delivery

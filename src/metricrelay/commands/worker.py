@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import Any
 
-from metricrelay.errors import ConfigError
+from metricrelay.errors import AuthError, ConfigError
 from metricrelay.settings import Settings
 
 __all__ = ["register", "run"]
@@ -34,6 +34,12 @@ _FLAGS: tuple[tuple[str, str, type], ...] = (
     ("--max-deliveries", "max_deliveries", int),
     ("--memory-budget-bytes", "memory_budget_bytes", int),
     ("--drain-deadline", "drain_deadline", float),
+    ("--read-count", "read_count", int),
+    ("--block-ms", "block_ms", int),
+    ("--retry-after-cap", "retry_after_cap", float),
+    ("--trim-interval", "trim_interval", float),
+    ("--tracking-endpoint", "tracking_endpoint", str),
+    ("--execution-id", "execution_id", str),
 )
 
 
@@ -67,4 +73,6 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(run_worker(settings, burst=args.burst))
     except asyncio.CancelledError:
         return 1
+    except AuthError:  # logged by the worker; a configuration problem, as for bad settings
+        return 2
     return 0
