@@ -143,7 +143,9 @@ def test_every_metric_once_in_stream_order_per_execution(
         assert sent == [m for m in written if m not in rejected]
         assert len(sent) + len(lost_to_rejection) == len(written)
     for r in outcome.rejected:  # a rejection is only for what could fit nowhere
-        alone = len(b'{"executionId":') + len(orjson.dumps(r.execution_id)) + len(r.item) + 16
+        key = {"metrics": b',"metrics":[', "tags": b',"tags":[', "customInfo": b',"customInfo":['}
+        head = len(b'{"executionId":') + len(orjson.dumps(r.execution_id))
+        alone = head + len(key[r.section]) + len(r.item) + len(b"]}")
         assert alone > limits.max_body_bytes or len(r.item) > limits.max_custom_info_bytes
 
 

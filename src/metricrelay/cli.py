@@ -19,6 +19,7 @@ _SUBCOMMANDS: tuple[str, ...] = (
     "metricrelay.commands.validate",
     "metricrelay.commands.demo",
     "metricrelay.commands.worker",
+    "metricrelay.commands.api",
 )
 
 
