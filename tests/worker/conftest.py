@@ -24,6 +24,7 @@ class ScriptedApi:
     accepted: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     delay: float = 0.0  # the server's own latency per PATCH
+    patches_started: int = 0
     token_lifetime: int = 3600
     tokens_issued: list[str] = field(default_factory=list)
     token_forms: list[dict[str, str]] = field(default_factory=list)
@@ -39,6 +40,7 @@ class ScriptedApi:
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.patches_started += 1
         if self.delay:
             await asyncio.sleep(self.delay)
         document = orjson.loads(await request.read())

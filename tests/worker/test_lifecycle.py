@@ -18,20 +18,34 @@ KEYS = Keys()
 SECRET = "s3cret-value"
 
 
+def oauth_env(env: dict[str, str], api: Any, secret: str) -> dict[str, str]:
+    """The same environment, with client credentials against the scripted token endpoint."""
+    base = api.url.removesuffix("/v2/lm/metrics")
+    out = {k: v for k, v in env.items() if k != "METRICRELAY_TOKEN"}
+    out.update(
+        METRICRELAY_AUTH_URL=f"{base}/oauth/token",
+        METRICRELAY_CLIENT_ID="client-1",
+        METRICRELAY_CLIENT_SECRET=secret,
+    )
+    return out
+
+
 def worker_env(redis_server: RedisServer, api: Any, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METRICRELAY_", "AICORE_"))}
     env.update(
-        METRICRELAY_REDIS_URL=redis_server.url,
-        METRICRELAY_API_URL=api.url.removesuffix("/lm/metrics"),
-        METRICRELAY_TOKEN="fixed-token",
-        METRICRELAY_LINGER="0.05",
-        METRICRELAY_BLOCK_MS="50",
-        METRICRELAY_RETRY_BASE="0.01",
-        METRICRELAY_RETRY_CAP="0.1",
-        METRICRELAY_RETRY_BUDGET="2",
-        METRICRELAY_REQUEST_TIMEOUT="2",
-        METRICRELAY_CONCURRENCY="2",
-        **extra,
+        {
+            "METRICRELAY_REDIS_URL": redis_server.url,
+            "METRICRELAY_API_URL": api.url.removesuffix("/lm/metrics"),
+            "METRICRELAY_TOKEN": "fixed-token",
+            "METRICRELAY_LINGER": "0.05",
+            "METRICRELAY_BLOCK_MS": "50",
+            "METRICRELAY_RETRY_BASE": "0.01",
+            "METRICRELAY_RETRY_CAP": "0.1",
+            "METRICRELAY_RETRY_BUDGET": "2",
+            "METRICRELAY_REQUEST_TIMEOUT": "2",
+            "METRICRELAY_CONCURRENCY": "2",
+            **extra,
+        }
     )
     return env
 
@@ -129,14 +143,7 @@ async def test_token_expiry_and_401_refresh_and_the_secret_is_never_shown(
         return (204, {}, b"")
 
     scripted_api.answer = answer
-    env = worker_env(redis_server, scripted_api)
-    del env["METRICRELAY_TOKEN"]
-    base = scripted_api.url.removesuffix("/v2/lm/metrics")
-    env.update(
-        METRICRELAY_AUTH_URL=f"{base}/oauth/token",
-        METRICRELAY_CLIENT_ID="client-1",
-        METRICRELAY_CLIENT_SECRET=SECRET,
-    )
+    env = oauth_env(worker_env(redis_server, scripted_api), scripted_api, SECRET)
     worker = await start_worker(env, "--burst")
     out, err = await asyncio.wait_for(worker.communicate(), 60)
     assert worker.returncode == 0, err.decode()
@@ -154,14 +161,7 @@ async def test_refused_credentials_stop_the_worker_and_lose_nothing(
     redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
 ) -> None:
     await write_points(redis_client, executions=2, entries=3, per=10)
-    env = worker_env(redis_server, scripted_api)
-    del env["METRICRELAY_TOKEN"]
-    base = scripted_api.url.removesuffix("/v2/lm/metrics")
-    env.update(
-        METRICRELAY_AUTH_URL=f"{base}/oauth/token",
-        METRICRELAY_CLIENT_ID="client-1",
-        METRICRELAY_CLIENT_SECRET="wrong-secret",
-    )
+    env = oauth_env(worker_env(redis_server, scripted_api), scripted_api, "wrong-secret")
     worker = await start_worker(env, "--burst")
     out, err = await asyncio.wait_for(worker.communicate(), 60)
     assert worker.returncode == 2
@@ -169,4 +169,30 @@ async def test_refused_credentials_stop_the_worker_and_lose_nothing(
     assert b"wrong-secret" not in out + err
     assert scripted_api.accepted == []
     assert await redis_client.xlen(KEYS.dead) == 0  # nothing dead-lettered for a config error
+    assert (await redis_client.xpending(KEYS.events, KEYS.group))["pending"] > 0
+
+
+async def test_a_second_signal_exits_at_once_leaving_work_pending(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+) -> None:
+    await write_points(redis_client, executions=3, entries=5, per=10)
+    scripted_api.delay = 60.0  # requests hang: a drain could only end at its deadline
+    env = worker_env(
+        redis_server,
+        scripted_api,
+        METRICRELAY_DRAIN_DEADLINE="25",
+        METRICRELAY_REQUEST_TIMEOUT="50",
+        METRICRELAY_RETRY_BUDGET="100",
+    )
+    worker = await start_worker(env)
+    await until(lambda: scripted_api.patches_started > 0)  # a request is hanging in the server
+    started = asyncio.get_running_loop().time()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.stderr is not None
+    while b"stopping: draining" not in await asyncio.wait_for(worker.stderr.readline(), 10):
+        pass  # the first signal was handled; a second one now is not merged with it
+    worker.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(worker.wait(), 10)
+    assert asyncio.get_running_loop().time() - started < 10  # far below the 25 s deadline
+    assert worker.returncode != 0
     assert (await redis_client.xpending(KEYS.events, KEYS.group))["pending"] > 0
