@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Each harness is a module of this package exposing ``main(argv: list[str]) -> int``.
-STANDARD: tuple[str, ...] = ("bench.pipeline", "bench.api_patch")
+STANDARD: tuple[str, ...] = ("bench.pipeline", "bench.producer", "bench.api_patch")
 
 
 def main(argv: list[str]) -> int:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
+import os
 from collections.abc import Callable, Sequence
 
 from metricrelay import __version__
+from metricrelay.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -20,6 +20,11 @@ _SUBCOMMANDS: tuple[str, ...] = (
     "metricrelay.commands.demo",
     "metricrelay.commands.worker",
     "metricrelay.commands.api",
+    "metricrelay.commands.status",
+    "metricrelay.commands.replay",
+    "metricrelay.commands.dead",
+    "metricrelay.commands.emit",
+    "metricrelay.commands.ingest",
 )
 
 
@@ -32,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="text (default) or json: one object per line (also METRICRELAY_LOG_FORMAT)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in _SUBCOMMANDS:
         module = __import__(module_name, fromlist=["register"])
@@ -40,12 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Read here rather than in Settings: logging must work before (and when) settings fail.
+    log_format = args.log_format or os.environ.get("METRICRELAY_LOG_FORMAT") or "text"
+    if log_format not in LOG_FORMATS:
+        parser.error(f"METRICRELAY_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+    configure_logging(args.log_level, log_format)
     handler: Handler = args.handler
     try:
         return handler(args)

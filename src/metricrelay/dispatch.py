@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 import aiohttp
 
@@ -33,7 +34,7 @@ from metricrelay.errors import (
 )
 from metricrelay.retry import RetryPolicy, call_with_retry, parse_retry_after
 
-__all__ = ["Delivery", "Dispatcher", "Failure"]
+__all__ = ["Delivery", "Dispatcher", "Failure", "RequestObserver"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,17 @@ class Delivery:
     failures: list[Failure] = field(default_factory=list)
     requests: int = 0
     retries: int = 0
-    splits: int = 0
+    splits: int = 0  # after a 413 or a 400
+    too_large_splits: int = 0  # those after a 413
     statuses: dict[int, int] = field(default_factory=dict)
+
+
+class RequestObserver(Protocol):
+    """Told of every PATCH (metrics): its start, then its HTTP status, "error" or "cancelled"."""
+
+    def request_started(self) -> None: ...
+
+    def request_finished(self, result: int | str, seconds: float) -> None: ...
 
 
 class Dispatcher:
@@ -75,6 +85,7 @@ class Dispatcher:
         timeout: float,
         with_resource_group: bool = True,
         on_too_large: Callable[[Body], object] | None = None,
+        observer: RequestObserver | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -86,6 +97,7 @@ class Dispatcher:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.with_resource_group = with_resource_group
         self.on_too_large = on_too_large
+        self.observer = observer
         self.sleep = sleep
         self.clock = clock
         self.rng = rng or random.Random()
@@ -108,8 +120,10 @@ class Dispatcher:
             if body.item_count < 2:
                 delivery.failures.append(self._failure(body, reason, exc, 1))
                 return
-            if isinstance(exc, PayloadTooLarge) and self.on_too_large is not None:
-                self.on_too_large(body)
+            if isinstance(exc, PayloadTooLarge):
+                delivery.too_large_splits += 1
+                if self.on_too_large is not None:
+                    self.on_too_large(body)
         except (Unauthorized, RejectedDelivery) as exc:
             delivery.failures.append(self._failure(body, Reason.REJECTED, exc, 1))
             return
@@ -149,21 +163,41 @@ class Dispatcher:
         if self.with_resource_group:
             headers["AI-Resource-Group"] = body.resource_group
         delivery.requests += 1
+        observer = self.observer
+        if observer is not None:
+            observer.request_started()
+        started = time.perf_counter()
+        result: int | str = "cancelled"  # no answer and no network error: the task was cancelled
+        try:
+            status, text, retry_after = await self._exchange(data, headers)
+            result = status
+        except NetworkError:
+            result = "error"
+            raise
+        finally:
+            if observer is not None:
+                observer.request_finished(result, time.perf_counter() - started)
+        delivery.statuses[status] = delivery.statuses.get(status, 0) + 1
+        if status >= 300:
+            raise delivery_error(status, text[:4000], retry_after)
+
+    async def _exchange(
+        self, data: bytes, headers: dict[str, str]
+    ) -> tuple[int, str, float | None]:
+        """One PATCH: its status, its error text (empty on success) and its Retry-After."""
         try:
             async with self.session.patch(
                 self.url, data=data, headers=headers, timeout=self.timeout
             ) as response:
-                status = response.status
-                delivery.statuses[status] = delivery.statuses.get(status, 0) + 1
-                if status < 300:
-                    return
+                if response.status < 300:
+                    return response.status, "", None
                 text = await response.text(errors="replace")
                 retry_after = parse_retry_after(
                     response.headers.get("Retry-After"), datetime.now(UTC)
                 )
+                return response.status, text, retry_after
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             raise NetworkError(f"{type(exc).__name__}: {exc}") from exc
-        raise delivery_error(status, text[:4000], retry_after)
 
     @staticmethod
     def _failure(body: Body, reason: Reason, error: Exception, attempts: int) -> Failure:

@@ -17,13 +17,22 @@ import redis.asyncio as redis_asyncio
 from metricrelay.auth import build_token_provider
 from metricrelay.batching import Coalescer, Limits
 from metricrelay.dispatch import Dispatcher
+from metricrelay.endpoints import Endpoints, ProbeConfig
 from metricrelay.keys import Keys
+from metricrelay.observability import WorkerMetrics
 from metricrelay.retry import RetryPolicy
 from metricrelay.settings import Settings
 from metricrelay.stream import EventStream
 from metricrelay.worker import Worker, WorkerConfig
 
-__all__ = ["metrics_url", "open_worker", "run_worker", "worker_config"]
+__all__ = [
+    "metrics_url",
+    "open_endpoints",
+    "open_worker",
+    "probe_config",
+    "run_worker",
+    "worker_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +70,41 @@ async def open_worker(settings: Settings, stack: AsyncExitStack) -> Worker:
     policy = RetryPolicy(
         settings.retry_base, settings.retry_cap, settings.retry_budget, settings.retry_after_cap
     )
+    metrics = WorkerMetrics()
+    tokens = build_token_provider(settings, session)
     dispatcher = Dispatcher(
         session,
         url,
-        build_token_provider(settings, session),
+        tokens,
         policy,
         timeout=settings.request_timeout,
         with_resource_group=with_group,
         on_too_large=coalescer.learn_too_large,
+        observer=metrics,
     )
     stream = EventStream(client, keys, settings.consumer_name)
     log.info("worker %s reading %s, sending to %s", settings.consumer_name, keys.events, url)
-    return Worker(worker_config(settings), stream, coalescer, dispatcher)
+    worker = Worker(worker_config(settings), stream, coalescer, dispatcher, metrics=metrics)
+    metrics.watch(worker, tokens)
+    return worker
+
+
+def probe_config(settings: Settings) -> ProbeConfig:
+    return ProbeConfig(
+        host=settings.health_host,
+        port=settings.health_port or 0,
+        ready_api_failure_seconds=settings.ready_api_failure_seconds,
+    )
+
+
+async def open_endpoints(worker: Worker, stack: AsyncExitStack, config: ProbeConfig) -> Endpoints:
+    """Start the worker's /metrics, /healthz and /readyz listener; ``stack`` stops it."""
+    if worker.metrics is None:
+        raise ValueError("the worker has no metrics: build it with open_worker()")
+    endpoints = Endpoints(worker.metrics, worker.stream, config)
+    await endpoints.start()
+    stack.push_async_callback(endpoints.close)
+    return endpoints
 
 
 async def run_worker(settings: Settings, *, burst: bool = False) -> Worker:
@@ -97,6 +129,8 @@ async def run_worker(settings: Settings, *, burst: bool = False) -> Worker:
     try:
         async with AsyncExitStack() as stack:
             worker = await open_worker(settings, stack)
+            if settings.health_port is not None:
+                await open_endpoints(worker, stack, probe_config(settings))
             await worker.run(stop, burst=burst)
     finally:
         for number in (signal.SIGTERM, signal.SIGINT):

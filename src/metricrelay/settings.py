@@ -255,7 +255,10 @@ class Settings(BaseSettings):
     memory_budget_bytes: int = Field(256 * MIB, ge=1)
     drain_deadline: float = Field(25.0, gt=0)  # below Kubernetes' default 30 s grace period
     trim_interval: float = Field(60.0, gt=0)
-    health_port: int | None = Field(None, ge=0, le=65535)
+    health_port: int | None = Field(None, ge=0, le=65535)  # /metrics, /healthz, /readyz; 0: any
+    # All interfaces by default: kubelet probes and Prometheus reach a pod on its own address.
+    health_host: str = Field("0.0.0.0", min_length=1)
+    ready_api_failure_seconds: float = Field(60.0, gt=0)  # /readyz fails past this API outage
 
     @classmethod
     def settings_customise_sources(

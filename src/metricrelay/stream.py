@@ -11,7 +11,7 @@ from redis.exceptions import ResponseError
 
 from metricrelay.keys import Keys
 
-__all__ = ["Entry", "EventStream"]
+__all__ = ["Entry", "EventStream", "GroupInfo"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,14 @@ class Entry:
     @property
     def ms(self) -> int:
         return int(self.id.partition("-")[0])
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """The consumer group as XINFO GROUPS tells it."""
+
+    pending: int  # delivered, not yet acknowledged
+    lag: int | None  # not yet delivered; None where Redis cannot tell (before 7.0, after XDEL)
 
 
 def _entries(rows: Sequence[Any]) -> list[Entry]:
@@ -125,6 +133,20 @@ class EventStream:
                 await self.redis.xgroup_delconsumer(self.keys.events, self.keys.group, name)
                 gone.append(name)
         return gone
+
+    async def group_info(self) -> GroupInfo | None:
+        """Lag and pending count of this group in one O(groups) call; None if it is missing."""
+        try:
+            groups = await self.redis.xinfo_groups(self.keys.events)
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return None
+            raise
+        for group in groups:
+            if _text(group["name"]) == self.keys.group:
+                lag = group.get("lag")
+                return GroupInfo(int(group["pending"]), None if lag is None else int(lag))
+        return None
 
     async def pending_count(self) -> int:
         summary = await self.redis.xpending(self.keys.events, self.keys.group)

@@ -12,20 +12,54 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from metricrelay.batching import Body, Coalescer
 from metricrelay.codec import EncodedFragment, decode_entry
 from metricrelay.deadletter import DeadLetter, Reason, write_dead_letters
 from metricrelay.dispatch import Delivery, Dispatcher
 from metricrelay.errors import AuthError
+from metricrelay.progress import add_progress
 from metricrelay.scheduler import KeyedScheduler
 from metricrelay.stream import Entry, EventStream
 
+if TYPE_CHECKING:
+    from metricrelay.observability import WorkerMetrics
+
 __all__ = ["Worker", "WorkerConfig"]
 
+T = TypeVar("T")
+
+Counts = dict[tuple[str, str], dict[str, int]]  # (group, execution) → progress counter deltas
+
+
+def _tally(counts: Counts, key: tuple[str, str], invalid: int) -> None:
+    fields = counts.setdefault(key, {})
+    fields["items_invalid"] = fields.get("items_invalid", 0) + invalid
+
+
 log = logging.getLogger(__name__)
+
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_BACKOFF_CAP_S = 5.0
+
+
+async def _until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run a Redis write until it succeeds: while Redis is away nothing can progress, and giving
+    up would leave entries held by this worker (and kept alive by its heartbeat) forever."""
+    delay = 0.1
+    while True:
+        try:
+            return await operation()
+        except _REDIS_DOWN as exc:
+            log.warning("redis unavailable while %s (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_CAP_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +85,7 @@ class Worker:
         dispatcher: Dispatcher,
         *,
         clock: Callable[[], float] = time.monotonic,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.config = config
         self.stream = stream
@@ -64,9 +99,12 @@ class Worker:
         self._stop = asyncio.Event()
         self.fatal: AuthError | None = None  # why the worker stopped on its own, if it did
         self.stats: dict[str, int] = {}
+        self.metrics = metrics  # when given, it sees every count (Prometheus, observability.py)
 
     def count(self, name: str, amount: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + amount
+        if self.metrics is not None:
+            self.metrics.count(name, amount)
 
     async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
         """Work until ``stop`` is set (or, with ``burst``, until nothing is left), then drain.
@@ -74,25 +112,39 @@ class Worker:
         Raises :class:`AuthError` after draining if the credentials were refused.
         """
         self._stop = stop
-        await self.stream.ensure_group()
+        await _until_done(self.stream.ensure_group, "creating the consumer group")
         next_reclaim = next_trim = self.clock()
+        delay = 0.1
         while not stop.is_set():
-            now = self.clock()
-            if now >= next_reclaim:
-                await self.stream.touch(list(self._held))
-                await self._reclaim()
-                next_reclaim = now + self.config.reclaim_interval
-            if now >= next_trim:
-                self.count("trimmed", await self.stream.trim())
-                await self.stream.prune_consumers(self.config.reclaim_idle_ms * 10)
-                next_trim = now + self.config.trim_interval
-            got = await self._read_some()
-            self._submit(self.coalescer.poll(self.clock()))
-            if burst and got == 0 and await self._finished_burst():
-                break
+            try:
+                next_reclaim, next_trim = await self._housekeeping(next_reclaim, next_trim)
+                got = await self._read_some()
+                self._submit(self.coalescer.poll(self.clock()))
+                if burst and got == 0 and await self._finished_burst():
+                    break
+                delay = 0.1
+            except _REDIS_DOWN as exc:  # keep what is held; read again once Redis is back
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+                self.count("redis_errors")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, _BACKOFF_CAP_S)
         await self._drain()
         if self.fatal is not None:
             raise self.fatal
+
+    async def _housekeeping(self, next_reclaim: float, next_trim: float) -> tuple[float, float]:
+        """Heartbeat and reclaim, trim and prune, each when due; the next times they are due."""
+        now = self.clock()
+        if now >= next_reclaim:
+            await self.stream.touch(list(self._held))
+            await self._reclaim()
+            next_reclaim = now + self.config.reclaim_interval
+        if now >= next_trim:
+            self.count("trimmed", await self.stream.trim())
+            await self.stream.prune_consumers(self.config.reclaim_idle_ms * 10)
+            next_trim = now + self.config.trim_interval
+        return next_reclaim, next_trim
 
     async def _read_some(self) -> int | None:
         """Read and take in new entries; the count read, None if the memory budget is spent."""
@@ -124,6 +176,7 @@ class Worker:
         """Validate and coalesce entries; dead-letter what is invalid; ack what is done."""
         letters: list[DeadLetter] = []
         held_by_letters: list[str] = []  # one hold of an entry per dead letter written for it
+        counts: Counts = {}
         done: list[str] = []
         now = self.clock()
         ledger = self.coalescer.ledger
@@ -137,18 +190,24 @@ class Worker:
                 held_by_letters.append(entry.id)
             if fragment is None:
                 continue
+            if invalid:
+                _tally(counts, (fragment.resource_group, fragment.execution_id), len(invalid))
             done += self.coalescer.add(entry.id, fragment, now)
             for item in self.coalescer.take_rejected():  # too large for any body: held already
                 letters.append(
                     DeadLetter(item.resource(), Reason.INVALID, item.reason, [item.source])
                 )
                 held_by_letters.append(item.source)
+                _tally(counts, (item.resource_group, item.execution_id), 1)
         if letters:
-            await write_dead_letters(self.stream.redis, self.stream.keys, letters)
+            await _until_done(
+                lambda: write_dead_letters(self.stream.redis, self.stream.keys, letters),
+                "writing dead letters",
+            )
             self.count("dead_letters_invalid", len(letters))
             done += ledger.release(held_by_letters)
         self.count("entries_read", len(entries))
-        await self._acknowledge(done)
+        await self._acknowledge(done, counts)
         self._submit(self.coalescer.take_ready())
 
     def _decode(self, entry: Entry) -> tuple[EncodedFragment | None, list[DeadLetter]]:
@@ -187,8 +246,11 @@ class Worker:
                 )
                 for e, n in poison
             ]
-            await write_dead_letters(self.stream.redis, self.stream.keys, letters)
-            await self.stream.ack([e.id for e, _ in poison])
+            await _until_done(
+                lambda: write_dead_letters(self.stream.redis, self.stream.keys, letters),
+                "writing dead letters",
+            )
+            await _until_done(lambda: self.stream.ack([e.id for e, _ in poison]), "acknowledging")
             self.count("dead_letters_poison", len(poison))
         if fresh:
             log.info("reclaimed %d entries from dead consumers", len(fresh))
@@ -216,10 +278,19 @@ class Worker:
             for f in delivery.failures
         ]
         if letters:
-            await write_dead_letters(self.stream.redis, self.stream.keys, letters)
+            await _until_done(
+                lambda: write_dead_letters(self.stream.redis, self.stream.keys, letters),
+                "writing dead letters",
+            )
             for failure in delivery.failures:
                 self.count(f"dead_letters_{failure.reason}")
-        await self._acknowledge(self.coalescer.complete(body))
+        dead: dict[str, int] = {}
+        for failure in delivery.failures:
+            key = f"points_dead_{failure.reason}"
+            dead[key] = dead.get(key, 0) + len(failure.body.metrics)
+        accepted = len(body.metrics) - sum(dead.values())
+        counts = {body.key: {"points_accepted": accepted, **dead}}
+        await self._acknowledge(self.coalescer.complete(body), counts)
         self._log_outcome(body, delivery, time.perf_counter() - started)
 
     def _log_outcome(self, body: Body, delivery: Delivery, seconds: float) -> None:
@@ -227,9 +298,14 @@ class Worker:
         self.count("requests", delivery.requests)
         self.count("retries", delivery.retries)
         self.count("splits", delivery.splits)
+        self.count("splits_413", delivery.too_large_splits)
+        self.count("splits_400", delivery.splits - delivery.too_large_splits)
         self.count("points_sent", len(body.metrics) - failed)
         for status, n in delivery.statuses.items():
             self.count(f"status_{status}", n)
+        if delivery.failures:
+            isolated = sum(f.body.item_count for f in delivery.failures if f.status == 400)
+            self.count("isolated_400", isolated)
         log.info(
             "batch %s/%s: %d points, %d bytes, statuses %s, %d requests, %d dead, %.0f ms",
             body.resource_group,
@@ -240,12 +316,34 @@ class Worker:
             delivery.requests,
             len(delivery.failures),
             seconds * 1000,
+            extra={  # the same facts as fields, for JSON logs (cli.py --log-format json)
+                "resource_group": body.resource_group,
+                "execution_id": body.execution_id,
+                "points": len(body.metrics),
+                "bytes": body.size,
+                "requests": delivery.requests,
+                "dead": len(delivery.failures),
+                "ms": round(seconds * 1000, 1),
+            },
         )
 
-    async def _acknowledge(self, ids: Sequence[str]) -> None:
+    async def _acknowledge(self, ids: Sequence[str], counts: Counts | None = None) -> None:
+        """XACK the ids; with ``counts``, raise the per-execution progress counters in the same
+        transaction (progress.py), so a producer's barrier never sees one without the other."""
+        if counts:
+
+            async def ack_and_count() -> None:  # a fresh pipeline per try: a failed one is reset
+                pipe = self.stream.redis.pipeline(transaction=True)
+                if ids:
+                    pipe.xack(self.stream.keys.events, self.stream.keys.group, *ids)
+                add_progress(pipe, self.stream.keys, counts)
+                await pipe.execute()
+
+            await _until_done(ack_and_count, "acknowledging")
         if not ids:
             return
-        await self.stream.ack(ids)
+        if not counts:
+            await _until_done(lambda: self.stream.ack(ids), "acknowledging")
         for entry_id in ids:
             self.held_bytes -= self._held.pop(entry_id, 0)
         self.count("entries_acked", len(ids))

@@ -40,6 +40,9 @@ _FLAGS: tuple[tuple[str, str, type], ...] = (
     ("--trim-interval", "trim_interval", float),
     ("--tracking-endpoint", "tracking_endpoint", str),
     ("--execution-id", "execution_id", str),
+    ("--health-port", "health_port", int),
+    ("--health-host", "health_host", str),
+    ("--ready-api-failure-seconds", "ready_api_failure_seconds", float),
 )
 
 

@@ -1,0 +1,158 @@
+"""``metricrelay emit``: JSON lines (fragments or simple points) from a file or stdin → stream.
+
+Simple points ``{"executionId", "name", "value", "step"}`` (optionally ``timestamp``,
+``labels``, ``resourceGroup``) are packed per execution into fragments of up to 1000 metrics;
+fragments are validated and written as they are. Bad lines are reported with their number and
+skipped; the exit code is 1 if there was any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from typing import IO, Any, Final
+
+import orjson
+
+from metricrelay.codec import decode_entry
+from metricrelay.models import MAX_METRICS
+
+__all__ = ["register", "run"]
+
+_BATCH: Final = 500  # XADDs per pipeline round trip
+_POINT_KEYS: Final = frozenset({"name", "value"})
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "emit",
+        help="write JSON lines (fragments or simple points) to the stream",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("file", nargs="?", type=argparse.FileType("rb"), default=sys.stdin.buffer)
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--prefix", default=None)
+    parser.add_argument("--resource-group", default=None, help="for lines without one")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    for number, raw in enumerate(source, start=1):
+        line = raw.strip()
+        if line:
+            yield number, line
+
+
+class _Packer:
+    """Collects simple points per (group, execution) into fragments; checks every line."""
+
+    def __init__(self, default_group: str) -> None:
+        self.default_group = default_group
+        self.open: dict[tuple[str, str], list[Any]] = {}
+        self.ready: list[bytes] = []
+        self.bad = 0
+        self.points = 0
+
+    def take(self, number: int, line: bytes) -> None:
+        try:
+            document = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            return self._refuse(number, f"not JSON ({exc})")
+        if isinstance(document, dict) and document.keys() >= _POINT_KEYS:
+            document = {
+                "resourceGroup": document.get("resourceGroup"),
+                "executionId": document.get("executionId"),
+                "metrics": [{k: v for k, v in document.items() if k not in _ENVELOPE}],
+            }
+        decoded = decode_entry(
+            orjson.dumps(document), entry_ms=0, default_resource_group=self.default_group
+        )
+        if decoded.problems:
+            return self._refuse(number, "; ".join(p.message for p in decoded.problems))
+        assert decoded.fragment is not None
+        key = (decoded.fragment.resource_group, decoded.fragment.execution_id)
+        document["resourceGroup"] = key[0]
+        if set(document) - {"resourceGroup", "executionId", "metrics"}:
+            self.ready.append(orjson.dumps(document))  # a full fragment: written as it is
+        else:
+            batch = self.open.setdefault(key, [])
+            batch += document.get("metrics") or []
+            if len(batch) >= MAX_METRICS:
+                self._close(key)
+        self.points += len(decoded.fragment.metrics)
+        return None
+
+    def _refuse(self, number: int, why: str) -> None:
+        self.bad += 1
+        print(f"line {number}: {why}", file=sys.stderr)
+
+    def _close(self, key: tuple[str, str]) -> None:
+        metrics = self.open.pop(key)
+        for start in range(0, len(metrics), MAX_METRICS):
+            chunk = metrics[start : start + MAX_METRICS]
+            self.ready.append(
+                orjson.dumps({"resourceGroup": key[0], "executionId": key[1], "metrics": chunk})
+            )
+
+    def flush(self) -> None:
+        for key in list(self.open):
+            self._close(key)
+
+
+_ENVELOPE: Final = frozenset({"executionId", "resourceGroup"})
+
+
+def run(args: argparse.Namespace) -> int:
+    import redis  # noqa: PLC0415
+
+    from metricrelay.keys import Keys  # noqa: PLC0415
+    from metricrelay.settings import Settings  # noqa: PLC0415
+
+    fields = {"redis_url": args.redis_url, "prefix": args.prefix}
+    fields["resource_group"] = args.resource_group
+    settings = Settings.from_sources({k: v for k, v in fields.items() if v is not None})
+    client = redis.Redis.from_url(settings.redis_url)
+    events = Keys(settings.prefix).events
+    packer = _Packer(settings.resource_group)
+    started, written = time.monotonic(), 0
+    progress = _progress_bar(args)
+    for number, line in _lines(args.file):
+        packer.take(number, line)
+        if len(packer.ready) >= _BATCH:
+            written += _write(client, events, packer.ready)
+            packer.ready = []
+        progress.update(1) if progress is not None else None
+    packer.flush()
+    written += _write(client, events, packer.ready)
+    if progress is not None:
+        progress.close()
+    seconds = time.monotonic() - started
+    print(
+        f"{packer.points} points in {written} entries written to {events} in {seconds:.2f}s; "
+        f"{packer.bad} bad line(s) skipped",
+        file=sys.stderr,
+    )
+    return 1 if packer.bad else 0
+
+
+def _write(client: Any, events: str, fragments: list[bytes]) -> int:
+    if not fragments:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for data in fragments:
+        pipe.xadd(events, {"resource": data})
+    pipe.execute()
+    return len(fragments)
+
+
+def _progress_bar(args: argparse.Namespace) -> Any:
+    """A tqdm bar of lines read, on a terminal only (never in logs or pipes)."""
+    if args.no_progress or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm  # noqa: PLC0415
+
+    return tqdm(unit=" lines", file=sys.stderr)

@@ -1,0 +1,75 @@
+"""``metricrelay ingest``: a drop-in PATCH endpoint in front of the stream, for SAP's SDK."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from metricrelay.errors import ConfigError
+
+__all__ = ["register", "run", "serve_ingest"]
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "ingest",
+        help="accept AI API PATCH bodies over HTTP and append them to the stream",
+        description=(
+            "Serves PATCH /v2/lm/metrics and PATCH /api/v1/metrics (SAP's in-cluster tracking "
+            "endpoint): point AICORE_TRACKING_ENDPOINT at it. 204 once the body is in Redis."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090, help="0 picks a free port")
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--prefix", default=None)
+    parser.add_argument("--resource-group", default=None, help="for /api/v1 bodies")
+    parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
+    parser.set_defaults(handler=run)
+
+
+async def serve_ingest(args: argparse.Namespace, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; logs the bound URL (``--port 0`` picks one)."""
+    import redis.asyncio as redis_asyncio  # noqa: PLC0415
+    from aiohttp import web  # noqa: PLC0415
+
+    from metricrelay.ingest import IngestConfig, build_ingest_app  # noqa: PLC0415
+    from metricrelay.keys import Keys  # noqa: PLC0415
+    from metricrelay.settings import Settings  # noqa: PLC0415
+
+    fields = {"redis_url": args.redis_url, "prefix": args.prefix}
+    fields["resource_group"] = args.resource_group
+    settings = Settings.from_sources({k: v for k, v in fields.items() if v is not None})
+    client = redis_asyncio.Redis.from_url(settings.redis_url)
+    config = IngestConfig(Keys(settings.prefix), settings.resource_group, args.max_body_bytes)
+    runner = web.AppRunner(build_ingest_app(client, config), access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, stop.set)
+    try:
+        site = web.TCPSite(runner, args.host, args.port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        log.info("ingest listening on http://%s:%d (stream %s)", host, port, config.keys.events)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await client.aclose()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        asyncio.run(serve_ingest(args))
+    except ConfigError as exc:
+        log.error("configuration: %s", exc)
+        return 2
+    return 0

@@ -1,0 +1,1 @@
+"""Operator tooling behind ``status``, ``replay`` and ``dead``: Redis in, plain data out."""

@@ -1,0 +1,473 @@
+"""Emitter (a background thread does the I/O) and AsyncEmitter, for training code.
+
+A ``log_*`` call checks its arguments, stamps the time and appends to an in-memory queue: no
+network, no JSON, no lock on the common path. A writer packs the queue into few large fragments
+(CONTRACT.md §2.1) and appends them to the stream with pipelined XADD, reconnecting on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Literal
+
+import orjson
+
+from metricrelay import progress
+from metricrelay.keys import Keys
+from metricrelay.models import MAX_CUSTOM_INFO_BYTES
+from metricrelay.packing import Marker, Metric, Named, pack
+from metricrelay.points import (
+    PointError,
+    check_labels,
+    check_metric_name,
+    check_name,
+    check_step,
+    check_value,
+    stamp,
+)
+from metricrelay.progress import DeliveryReport
+
+__all__ = ["AsyncEmitter", "BufferFull", "Emitter", "EmitterConfig", "PointError"]
+
+log = logging.getLogger(__name__)
+
+Policy = Literal["block", "drop"]
+_METRIC_COST: Final = 96  # approximate bytes one queued metric holds, for the memory bound
+
+
+class BufferFull(RuntimeError):
+    """The producer's buffer stayed full for the whole block timeout (Redis slow or down)."""
+
+
+class EmitterConfig:
+    """Where to write and how to behave; from arguments, else the environment (CONTRACT §2.3)."""
+
+    def __init__(
+        self,
+        execution_id: str | None = None,
+        *,
+        redis_url: str | None = None,
+        resource_group: str | None = None,
+        prefix: str | None = None,
+        flush_interval: float = 0.2,
+        max_buffer_bytes: int = 64 * 1024 * 1024,
+        policy: Policy = "block",
+        block_timeout: float = 30.0,
+        on_error: Literal["raise", "warn"] = "raise",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        source = os.environ if env is None else env
+        found = (
+            execution_id
+            or source.get("METRICRELAY_EXECUTION_ID")
+            or source.get("AICORE_EXECUTION_ID")
+        )
+        if not found:
+            raise ValueError(
+                "no execution id: pass one, or set METRICRELAY_EXECUTION_ID (AI Core sets "
+                "AICORE_EXECUTION_ID inside executions)"
+            )
+        self.execution_id = found
+        self.redis_url = redis_url or source.get(
+            "METRICRELAY_REDIS_URL", "redis://localhost:6379/0"
+        )
+        self.resource_group = (
+            resource_group
+            or source.get("METRICRELAY_RESOURCE_GROUP")
+            or source.get("AICORE_RESOURCE_GROUP")
+            or "default"
+        )
+        self.keys = Keys(prefix or source.get("METRICRELAY_PREFIX", "metricrelay"))
+        if policy not in ("block", "drop"):
+            raise ValueError("policy must be 'block' or 'drop'")
+        self.flush_interval = flush_interval
+        self.max_buffer_bytes = max_buffer_bytes
+        self.policy = policy
+        self.block_timeout = block_timeout
+        self.on_error = on_error
+
+
+class _Core:
+    """The call-site half shared by both emitters: checks, queue, memory bound, counters."""
+
+    def __init__(self, config: EmitterConfig) -> None:
+        self.config = config
+        self._queue: deque[Metric | Named | Marker] = deque()
+        self._queued_bytes = 0  # grows in the caller's thread
+        self._written_bytes = 0  # grows in the writer
+        self._space = threading.Event()
+        self.dropped = 0  # ops refused under policy "drop"
+        self.blocked = 0  # calls that had to wait for room under policy "block"
+        self.written_points = 0
+        self.entry_ids: list[str] = []
+        self._closed = False
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def log_metric(
+        self,
+        name: str,
+        value: float,
+        step: int | None = None,
+        labels: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        timestamp: Any = None,
+    ) -> None:
+        """One point; the time of the call unless ``timestamp`` (aware datetime or RFC 3339)."""
+        self._metric(name, value, step, labels, time.time_ns() if timestamp is None else timestamp)
+
+    def log_metrics(
+        self,
+        values: Mapping[str, float],
+        step: int | None = None,
+        labels: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    ) -> None:
+        """Several metrics of one step, with one timestamp."""
+        moment = time.time_ns()
+        for name, value in values.items():
+            self._metric(name, value, step, labels, moment)
+
+    def _metric(self, name: Any, value: Any, step: Any, labels: Any, moment: Any) -> None:
+        try:
+            op: Metric = (
+                check_metric_name(name),
+                check_value(value),
+                check_step(step),
+                check_labels(labels) if labels else None,
+                moment if type(moment) is int else stamp(moment),
+            )
+        except PointError:
+            if self.config.on_error == "raise":
+                raise
+            log.warning("dropped an invalid point", exc_info=True)
+            return
+        self._put(op, _METRIC_COST)
+
+    def log_list_metric(self, name: str, values: Sequence[float], start_step: int = 0) -> None:
+        """A list of values stored as consecutive steps from ``start_step``."""
+        for offset, value in enumerate(values):
+            self.log_metric(name, value, start_step + offset)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for name, value in tags.items():
+            self._named("tags", name, value)
+
+    def log_custom_info(self, name: str, value: Any) -> None:
+        """A string as is; anything else JSON-serialised (as SAP's tutorial stores reports)."""
+        text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        self._named("customInfo", name, text)
+
+    def log_figure(self, name: str, figure: Any) -> None:
+        """A matplotlib figure or PNG bytes (stored base64) or SVG text, as customInfo."""
+        if isinstance(figure, str):
+            text = figure
+        else:
+            if not isinstance(figure, bytes | bytearray):
+                import io  # noqa: PLC0415 - only for matplotlib figures
+
+                buffer = io.BytesIO()
+                figure.savefig(buffer, format="png")
+                figure = buffer.getvalue()
+            text = base64.b64encode(bytes(figure)).decode()
+        self._named("customInfo", name, text)
+
+    def _named(self, section: str, name: str, value: str) -> None:
+        try:
+            check_name(name, f"{section} name")
+            limit = 256 if section == "tags" else None
+            if not isinstance(value, str) or not value or (limit and len(value) > limit):
+                raise PointError(f"{section} value must be a non-empty string: {value!r}")
+            size = len(orjson.dumps({"name": name, "value": value}))
+            if section == "customInfo" and size > MAX_CUSTOM_INFO_BYTES:
+                raise PointError(
+                    f"customInfo {name!r} is {size} bytes encoded; the API takes at most "
+                    f"{MAX_CUSTOM_INFO_BYTES} for all customInfo of a run"
+                )
+        except PointError:
+            if self.config.on_error == "raise":
+                raise
+            log.warning("dropped an invalid %s item", section, exc_info=True)
+            return
+        item = Named(section, name, value)
+        self._put(item, item.size)
+
+    def _put(self, op: Metric | Named, cost: int) -> None:
+        if self._closed:
+            raise RuntimeError("the emitter is closed")
+        if self._over(cost) and not self._make_room(cost):
+            self.dropped += 1
+            return
+        self._queued_bytes += cost
+        self._queue.append(op)
+
+    def _over(self, cost: int) -> bool:
+        return self._queued_bytes - self._written_bytes + cost > self.config.max_buffer_bytes
+
+    def _make_room(self, cost: int) -> bool:
+        """False: drop this op (policy ``drop``). Raises BufferFull after the block timeout."""
+        if self.config.policy == "drop":
+            return False
+        deadline = time.monotonic() + self.config.block_timeout
+        self.blocked += 1
+        while self._over(cost):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BufferFull(
+                    f"the producer buffer ({self.config.max_buffer_bytes} bytes) stayed full "
+                    f"for {self.config.block_timeout}s: is Redis reachable?"
+                )
+            self._space.clear()
+            if self._over(cost):  # the writer may have made room between the check and clear
+                self._wake()
+                self._space.wait(left)
+        return True
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+    # -- the writer's half --------------------------------------------------------------------
+
+    def _take(self, limit: int = 100_000) -> tuple[list[Metric | Named], list[Marker]]:
+        ops: list[Metric | Named] = []
+        markers: list[Marker] = []
+        queue = self._queue
+        while queue and len(ops) < limit:
+            op = queue.popleft()
+            if isinstance(op, Marker):
+                markers.append(op)
+                break  # a marker fires once what precedes it is written: stop the batch here
+            ops.append(op)
+        return ops, markers
+
+    def _encode(self, ops: list[Metric | Named]) -> list[tuple[bytes, int]]:
+        return pack(ops, self.config.resource_group, self.config.execution_id)
+
+    def _account(self, ops: list[Metric | Named], ids: list[str]) -> None:
+        self._written_bytes += sum(_METRIC_COST if isinstance(o, tuple) else o.size for o in ops)
+        self.written_points += sum(1 for o in ops if isinstance(o, tuple))
+        self.entry_ids += ids
+        self._space.set()
+
+
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM exit through the interpreter's normal shutdown, so atexit flushes run
+    (Python's default action kills the process without them). Only where nobody has installed
+    a handler of their own, and only from the main thread, where handlers can be installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+
+        def on_sigterm(signum: int, frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+class Emitter(_Core):
+    """For training scripts: ``log_*`` never touch the network; a daemon thread writes."""
+
+    def __init__(
+        self, execution_id: str | None = None, *, handle_sigterm: bool = True, **options: Any
+    ) -> None:
+        import atexit  # noqa: PLC0415
+
+        import redis  # noqa: PLC0415
+
+        super().__init__(EmitterConfig(execution_id, **options))
+        self._redis = redis.Redis.from_url(self.config.redis_url, socket_timeout=5)
+        self._wakeup = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="metricrelay-emitter", daemon=True)
+        self._thread.start()
+        atexit.register(self.close, timeout=10.0)
+        if handle_sigterm:
+            _exit_on_sigterm()
+
+    def __enter__(self) -> Emitter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    def flush(
+        self, timeout: float | None = None, *, wait_delivered: bool = False
+    ) -> DeliveryReport | None:
+        """Everything logged so far is in Redis (and, with ``wait_delivered``, accepted by the
+        API or dead-lettered: the end-of-run barrier). Raises TimeoutError when time runs out."""
+        started = time.monotonic()
+        done = threading.Event()
+        self._queue.append(Marker(done.set))
+        self._wake()
+        if not done.wait(timeout):
+            raise TimeoutError(f"not everything reached Redis within {timeout}s")
+        if not wait_delivered:
+            return None
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return wait_delivered_sync(self.config, list(self.entry_ids), left)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush what can be flushed within ``timeout``, then stop the writer."""
+        if self._closed:
+            return
+        try:
+            self.flush(timeout)
+        except TimeoutError:
+            log.error("closing with %d operations not written to Redis", len(self._queue))
+        finally:
+            self._closed = True
+            self._stop = True
+            self._wake()
+            self._thread.join(timeout=5)
+            if self.dropped:
+                log.warning(
+                    "the emitter dropped %d points (buffer full, policy drop)", self.dropped
+                )
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop or self._queue:
+            self._wakeup.wait(self.config.flush_interval)
+            self._wakeup.clear()
+            while self._queue:
+                ops, markers = self._take()
+                fragments = self._encode(ops)
+                while True:
+                    try:
+                        ids = self._write(fragments)
+                        backoff = 0.05
+                        break
+                    except Exception as exc:  # reconnect and retry: nothing logged is lost
+                        if self._stop and self._closed:
+                            return
+                        log.warning("writing to Redis failed (%s); retrying in %.2fs", exc, backoff)
+                        time.sleep(backoff)
+                        backoff = min(backoff * 2, 2.0)
+                self._account(ops, ids)
+                for marker in markers:
+                    marker.callback()
+
+    def _write(self, fragments: list[tuple[bytes, int]]) -> list[str]:
+        if not fragments:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for data, _ in fragments:
+            pipe.xadd(self.config.keys.events, {"resource": data})
+        return [i.decode() for i in pipe.execute()]
+
+
+def wait_delivered_sync(
+    config: EmitterConfig, ids: list[str], timeout: float | None
+) -> DeliveryReport:
+    """The barrier for synchronous callers: run on a private loop in a helper thread, so it
+    works even where the caller's thread already runs an event loop (notebooks)."""
+
+    async def check() -> DeliveryReport:
+        import redis.asyncio as redis_asyncio  # noqa: PLC0415
+
+        client = redis_asyncio.Redis.from_url(config.redis_url)
+        try:
+            return await progress.wait_delivered(
+                client,
+                config.keys,
+                config.resource_group,
+                config.execution_id,
+                ids,
+                timeout=timeout,
+            )
+        finally:
+            await client.aclose()
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metricrelay-wait") as pool:
+        return pool.submit(asyncio.run, check()).result()
+
+
+class AsyncEmitter(_Core):
+    """For asyncio training loops: ``log_*`` are plain calls; a task writes."""
+
+    def __init__(self, execution_id: str | None = None, **options: Any) -> None:
+        import redis.asyncio as redis_asyncio  # noqa: PLC0415
+
+        super().__init__(EmitterConfig(execution_id, **options))
+        self._redis = redis_asyncio.Redis.from_url(self.config.redis_url, socket_timeout=5)
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AsyncEmitter:
+        self._task = asyncio.create_task(self._run(), name="metricrelay-async-emitter")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    async def flush(
+        self, timeout: float | None = None, *, wait_delivered: bool = False
+    ) -> DeliveryReport | None:
+        started = time.monotonic()
+        done = asyncio.Event()
+        self._queue.append(Marker(done.set))
+        self._wake()
+        await asyncio.wait_for(done.wait(), timeout)
+        if not wait_delivered:
+            return None
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        config = self.config
+        return await progress.wait_delivered(
+            self._redis,
+            config.keys,
+            config.resource_group,
+            config.execution_id,
+            list(self.entry_ids),
+            timeout=left,
+        )
+
+    async def close(self, timeout: float = 30.0) -> None:
+        if self._closed:
+            return
+        try:
+            await self.flush(timeout)
+        finally:
+            self._closed = True
+            if self._task is not None:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+            await self._redis.aclose()
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.config.flush_interval)
+            self._wakeup.clear()
+            while self._queue:
+                ops, markers = self._take()
+                fragments = self._encode(ops)
+                while True:
+                    try:
+                        pipe = self._redis.pipeline(transaction=False)
+                        for data, _ in fragments:
+                            pipe.xadd(self.config.keys.events, {"resource": data})
+                        ids = [i.decode() for i in await pipe.execute()] if fragments else []
+                        backoff = 0.05
+                        break
+                    except Exception as exc:  # reconnect and retry
+                        log.warning("writing to Redis failed (%s); retrying in %.2fs", exc, backoff)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 2.0)
+                self._account(ops, ids)
+                for marker in markers:
+                    marker.callback()

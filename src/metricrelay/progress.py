@@ -1,0 +1,109 @@
+"""Per-execution delivery progress: what the worker publishes, and the producer's barrier.
+
+The worker keeps a hash ``<prefix>:progress:<resourceGroup>:<executionId>`` whose counters it
+raises in the same MULTI/EXEC as the XACK that finishes a body, so the counts and the
+acknowledgements never disagree: ``points_accepted``, ``points_dead_<reason>`` and
+``items_invalid``. The hash expires a week after its last change.
+
+A producer's barrier does not need the counts to be exact per producer (several ranks share an
+execution): it knows the ids of the entries it wrote, and waits until each of them is
+acknowledged by the consumer group — that is, accepted by the API or dead-lettered. The counts
+are then reported for the whole execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from metricrelay.keys import Keys
+
+__all__ = ["PROGRESS_TTL_S", "DeliveryReport", "add_progress", "wait_delivered"]
+
+PROGRESS_TTL_S: Final = 7 * 24 * 3600
+_POLL_S: Final = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What the worker reports for an execution once this producer's entries are all done."""
+
+    entries: int
+    totals: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> int:
+        return self.totals.get("points_accepted", 0)
+
+    @property
+    def dead(self) -> dict[str, int]:
+        prefix = "points_dead_"
+        return {k[len(prefix) :]: v for k, v in self.totals.items() if k.startswith(prefix)}
+
+
+def add_progress(
+    pipe: Any, keys: Keys, counts: Mapping[tuple[str, str], Mapping[str, int]]
+) -> None:
+    """Queue the counter increments on ``pipe`` (the worker's acknowledging transaction)."""
+    for (group, execution), fields in counts.items():
+        key = keys.progress(group, execution)
+        for name, amount in fields.items():
+            if amount:
+                pipe.hincrby(key, name, amount)
+        pipe.expire(key, PROGRESS_TTL_S)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _all_acknowledged(client: Any, keys: Keys, ids: Sequence[str]) -> bool:
+    """Every id delivered to the group at least once, and none of them pending any more."""
+    try:
+        groups = await client.xinfo_groups(keys.events)
+    except Exception:  # no stream yet
+        return False
+    mine = [g for g in groups if _text(g["name"]) == keys.group]
+    if not mine:
+        return False
+    newest = max(ids, key=_id_key)
+    if _id_key(_text(mine[0]["last-delivered-id"])) < _id_key(newest):
+        return False
+    wanted = set(ids)
+    start, end = min(ids, key=_id_key), newest
+    while True:
+        rows = await client.xpending_range(keys.events, keys.group, start, end, 1000)
+        if any(_text(row["message_id"]) in wanted for row in rows):
+            return False
+        if len(rows) < 1000:
+            return True
+        ms, seq = _id_key(_text(rows[-1]["message_id"]))
+        start = f"{ms}-{seq + 1}"
+
+
+async def wait_delivered(
+    client: Any,
+    keys: Keys,
+    resource_group: str,
+    execution_id: str,
+    ids: Sequence[str],
+    *,
+    timeout: float | None,
+) -> DeliveryReport:
+    """Wait until the worker has finished every entry in ``ids``; TimeoutError otherwise."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while ids and not await _all_acknowledged(client, keys, ids):
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"{len(ids)} entries not yet delivered within {timeout}s")
+        await asyncio.sleep(_POLL_S)  # another process does the work: poll, with a deadline
+    raw = await client.hgetall(keys.progress(resource_group, execution_id))
+    totals = {_text(k): int(v) for k, v in raw.items()}
+    return DeliveryReport(len(ids), totals)

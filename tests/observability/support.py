@@ -1,0 +1,74 @@
+"""Shared by the observability tests: a worker in process with its listener, GETs, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from metricrelay.endpoints import Endpoints
+from metricrelay.service import open_endpoints, open_worker, probe_config
+from metricrelay.settings import Settings
+from metricrelay.worker import Worker
+
+
+def worker_settings(redis_url: str, **overrides: Any) -> Settings:
+    return Settings.from_sources(
+        {
+            "redis_url": redis_url,
+            "consumer_name": f"obs-{random.randrange(10**9)}",
+            "linger": 0.05,
+            "block_ms": 50,
+            "retry_base": 0.01,
+            "retry_cap": 0.05,
+            "retry_budget": 10.0,
+            "request_timeout": 10.0,
+            "health_host": "127.0.0.1",
+            "health_port": 0,
+            **overrides,
+        },
+        env={},
+    )
+
+
+async def open_observed_worker(
+    settings: Settings, stack: AsyncExitStack, **probe: Any
+) -> tuple[Worker, Endpoints]:
+    """A worker and its listener, as ``run_worker`` builds them; ``probe`` overrides timings."""
+    worker = await open_worker(settings, stack)
+    endpoints = await open_endpoints(worker, stack, replace(probe_config(settings), **probe))
+    return worker, endpoints
+
+
+async def get(endpoints: Endpoints, path: str) -> tuple[int, str, str]:
+    """status, content type header and text of GET ``path`` on the listener."""
+    url = f"http://127.0.0.1:{endpoints.port}{path}"
+    async with aiohttp.ClientSession() as session, session.get(url) as reply:
+        return reply.status, reply.headers.get("Content-Type", ""), await reply.text()
+
+
+async def scrape(endpoints: Endpoints) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, parsed by prometheus-client: (name, labels) → value."""
+    status, _, text = await get(endpoints, "/metrics")
+    assert status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def until(
+    condition: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """Poll an async condition with a deadline (Redis and HTTP peers give no event to await)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: not met in {timeout}s"
+        await asyncio.sleep(0.02)

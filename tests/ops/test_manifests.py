@@ -1,0 +1,317 @@
+"""deploy/: every rendered object validates against its schema, and the wiring holds together.
+
+Rendering: ``kustomize build`` or ``kubectl kustomize`` when either is on PATH; otherwise the
+documents of each kustomization's ``resources`` are read directly, applying the only two
+transformations our kustomizations use (``namespace``, ``images``) — and when a tool is there,
+a test checks that this fallback renders exactly what the tool renders.
+
+Schemas: core objects against the Kubernetes OpenAPI schemas that ``kubernetes-validate``
+ships (strict: unknown fields are errors). KEDA's ScaledObject is a CRD, not in those: it is
+validated against ``schemas/keda-scaledobject-v1alpha1.json`` (generated from the models of
+cloudcoil-models-keda 2.16.1.0, which are generated from KEDA 2.16.1's CRD; see its $comment),
+and the redis-streams trigger's metadata — a free string map in the CRD — is checked
+field by field against KEDA's documented parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import redis
+import yaml
+
+from metricrelay.embedded import RedisServer, find_redis_server
+from metricrelay.keys import CONSUMER_GROUP, Keys
+from metricrelay.settings import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+TARGETS = ("base", "redis", "overlays/with-redis")
+K8S_VERSION = "1.30.0"
+KEDA_SCHEMA = json.loads(
+    (Path(__file__).parent / "schemas/keda-scaledobject-v1alpha1.json").read_text()
+)
+# redis-streams trigger metadata, from KEDA's scaler documentation
+REDIS_STREAMS_FIELDS = {
+    "address", "host", "port", "addressFromEnv", "hostFromEnv", "portFromEnv",
+    "usernameFromEnv", "passwordFromEnv", "stream", "consumerGroup", "pendingEntriesCount",
+    "streamLength", "lagCount", "activationLagCount", "enableTLS", "unsafeSsl", "databaseIndex",
+}  # fmt: skip
+# Read by the CLI rather than Settings (logging must work before settings do).
+CLI_VARIABLES = {"METRICRELAY_LOG_FORMAT"}
+
+
+def _documents(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def _tool() -> list[str] | None:
+    if found := shutil.which("kustomize"):
+        return [found, "build"]
+    if found := shutil.which("kubectl"):
+        return [found, "kustomize"]
+    return None
+
+
+def render_with_tool(path: Path) -> list[dict[str, Any]]:
+    tool = _tool()
+    assert tool is not None
+    done = subprocess.run(
+        [*tool, str(path)], capture_output=True, text=True, timeout=120, check=True
+    )
+    return _documents(done.stdout)
+
+
+def _set_images(doc: dict[str, Any], images: list[dict[str, str]]) -> None:
+    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+    for container in spec.get("containers", []):
+        name = re.split(r"[:@]", container["image"], maxsplit=1)[0]
+        for image in images:
+            if image["name"] == name:
+                new_name = image.get("newName", name)
+                container["image"] = (
+                    f"{new_name}:{image['newTag']}" if "newTag" in image else new_name
+                )
+
+
+def render_directly(path: Path) -> list[dict[str, Any]]:
+    """The fallback renderer: exactly the kustomize features deploy/ uses, and no others."""
+    kustomization = yaml.safe_load((path / "kustomization.yaml").read_text())
+    unsupported = set(kustomization) - {"apiVersion", "kind", "resources", "namespace", "images"}
+    assert not unsupported, f"the fallback renderer does not implement {unsupported}"
+    docs: list[dict[str, Any]] = []
+    for resource in kustomization["resources"]:
+        target = (path / resource).resolve()
+        docs += render_directly(target) if target.is_dir() else _documents(target.read_text())
+    for doc in docs:
+        if "namespace" in kustomization and doc["kind"] != "Namespace":
+            doc["metadata"]["namespace"] = kustomization["namespace"]
+        _set_images(doc, kustomization.get("images", []))
+    return docs
+
+
+def render(target: str) -> list[dict[str, Any]]:
+    path = K8S / target
+    return render_with_tool(path) if _tool() else render_directly(path)
+
+
+def _by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {doc["kind"]: doc for doc in docs}
+
+
+def _keda_errors(doc: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft202012Validator(KEDA_SCHEMA)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(doc)]
+    for trigger in doc["spec"]["triggers"]:
+        if trigger["type"] != "redis-streams":
+            continue
+        meta = trigger["metadata"]
+        errors += [
+            f"unknown redis-streams field {name}" for name in set(meta) - REDIS_STREAMS_FIELDS
+        ]
+        if "stream" not in meta:
+            errors.append("redis-streams needs stream")
+        if not {"address", "host", "addressFromEnv", "hostFromEnv"} & set(meta):
+            errors.append("redis-streams needs address or host (or their *FromEnv)")
+        if "lagCount" in meta and "consumerGroup" not in meta:
+            errors.append("lagCount needs consumerGroup")
+        for name in ("lagCount", "activationLagCount", "pendingEntriesCount", "databaseIndex"):
+            if name in meta and not str(meta[name]).isdigit():
+                errors.append(f"{name} must be a whole number in a string")
+    return errors
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_object_validates(target: str) -> None:
+    docs = render(target)
+    assert docs
+    for doc in docs:
+        if doc["apiVersion"].startswith("keda.sh/"):
+            assert _keda_errors(doc) == [], doc["metadata"]["name"]
+        else:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", ["service-key-secret.yaml", "redis-url-secret.yaml"])
+def test_secret_examples_validate_and_hold_placeholders_only(name: str) -> None:
+    [doc] = _documents((K8S / "examples" / name).read_text())
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert doc["kind"] == "Secret"
+    for value in doc["stringData"].values():
+        assert "<" in value  # every secret value is a <placeholder>
+
+
+def test_schema_validation_catches_mistakes() -> None:
+    """Guards against a vacuous check: a typo or a missing field must fail."""
+    base = _by_kind(render("base"))
+    deployment = json.loads(json.dumps(base["Deployment"]))
+    deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 40
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    scaled = json.loads(json.dumps(base["ScaledObject"]))
+    scaled["spec"]["minReplicas"] = 2
+    scaled["spec"]["triggers"][0]["metadata"]["lagcount"] = "10"
+    del scaled["spec"]["scaleTargetRef"]
+    errors = " | ".join(_keda_errors(scaled))
+    assert "minReplicas" in errors
+    assert "scaleTargetRef" in errors
+    assert "unknown redis-streams field lagcount" in errors
+
+
+@pytest.mark.skipif(_tool() is None, reason="neither kustomize nor kubectl is installed")
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_fallback_renders_what_kustomize_renders(target: str) -> None:
+    def key(doc: dict[str, Any]) -> tuple[str, str]:
+        return (doc["kind"], doc["metadata"]["name"])
+
+    tool = sorted(render_with_tool(K8S / target), key=key)
+    direct = sorted(render_directly(K8S / target), key=key)
+    assert tool == direct
+
+
+def test_the_worker_deployment() -> None:
+    base = _by_kind(render("base"))
+    deployment, config = base["Deployment"], base["ConfigMap"]["data"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert deployment["spec"]["replicas"] >= 2
+    assert container["image"] == "metricrelay:0.1.0"
+    assert container["args"] == ["worker"]
+    port = int(config["METRICRELAY_HEALTH_PORT"])
+    assert port == 9095
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": port}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert pod["terminationGracePeriodSeconds"] > float(config["METRICRELAY_DRAIN_DEADLINE"])
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["enableServiceLinks"] is False
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert "memory" in container["resources"]["limits"]
+    # the service key: a Secret mounted as a directory, the variable pointing at a file in it
+    env = {item["name"]: item["value"] for item in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    key_path = Path(env["METRICRELAY_SERVICE_KEY"])
+    assert str(key_path.parent) == mounts["service-key"]
+    assert volumes["service-key"]["secret"]["secretName"] == "metricrelay-service-key"
+    assert not any("subPath" in m for m in container["volumeMounts"])  # rotation reaches pods
+    sources = [next(iter(source.values())) for source in container["envFrom"]]
+    assert sources == [
+        {"name": "metricrelay-config"}, {"name": "metricrelay-redis", "optional": True},
+    ]  # fmt: skip
+    assert not any(k in config for k in ("METRICRELAY_CLIENT_SECRET", "METRICRELAY_TOKEN"))
+
+
+def test_the_config_map_is_a_valid_configuration(tmp_path: Path) -> None:
+    config = _by_kind(render("base"))["ConfigMap"]["data"]
+    for variable in config:
+        if variable.startswith(ENV_PREFIX) and variable not in CLI_VARIABLES:
+            field = variable.removeprefix(ENV_PREFIX).lower()
+            assert field in Settings.model_fields, f"{variable} is no setting"
+    # with the example key mounted where the Deployment points, the worker would start (oauth)
+    [secret] = _documents((K8S / "examples/service-key-secret.yaml").read_text())
+    key = tmp_path / "service-key.json"
+    key.write_text(secret["stringData"]["service-key.json"])
+    settings = Settings.from_sources(env={**config, "METRICRELAY_SERVICE_KEY": str(key)})
+    assert settings.auth_mode() == "oauth"
+    assert settings.health_port == 9095
+    assert settings.drain_deadline == 25
+
+
+def test_keda_scales_the_worker_on_the_group_lag() -> None:
+    base = _by_kind(render("base"))
+    scaled, deployment, config = base["ScaledObject"], base["Deployment"], base["ConfigMap"]
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert spec["minReplicaCount"] >= 2
+    [trigger] = spec["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "redis-streams"
+    assert meta["stream"] == Keys(config["data"]["METRICRELAY_PREFIX"]).events
+    assert meta["consumerGroup"] == CONSUMER_GROUP
+    assert int(meta["lagCount"]) > 0
+    # the address KEDA reads from the Deployment's environment is the worker's Redis
+    address = config["data"][meta["addressFromEnv"]]
+    assert config["data"]["METRICRELAY_REDIS_URL"] == f"redis://{address}/0"
+
+
+def test_selectors_match_the_pods() -> None:
+    docs = render("overlays/with-redis")
+    kinds = _by_kind(docs)
+    pods = kinds["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert kinds["Deployment"]["spec"]["selector"]["matchLabels"].items() <= pods.items()
+    assert kinds["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= pods.items()
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert services["metricrelay-metrics"]["spec"]["selector"].items() <= pods.items()
+    redis_pods = kinds["StatefulSet"]["spec"]["template"]["metadata"]["labels"]
+    assert services["metricrelay-redis"]["spec"]["selector"].items() <= redis_pods.items()
+    assert kinds["StatefulSet"]["spec"]["serviceName"] == "metricrelay-redis"
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {
+        "metricrelay"
+    }
+
+
+class _ConfiguredRedis(RedisServer):
+    """The test's redis-server, started from the StatefulSet's redis.conf."""
+
+    def __init__(self, config: Path) -> None:
+        super().__init__()
+        self.config = config
+
+    def _argv(self) -> list[str]:
+        # the file first; then what must differ here: loopback, a free port, a scratch dir
+        return [
+            find_redis_server(), str(self.config), "--port", str(self.port),
+            "--bind", "127.0.0.1", "--dir", str(self.directory),
+            "--logfile", str(self.directory / "redis.log"),
+        ]  # fmt: skip
+
+
+def test_the_redis_config_runs_with_aof_everysec(tmp_path: Path) -> None:
+    config = _by_kind(render("redis"))["ConfigMap"]["data"]["redis.conf"]
+    path = tmp_path / "redis.conf"
+    path.write_text(config)
+    with _ConfiguredRedis(path) as server:
+        client = redis.Redis.from_url(server.url)
+        settings = {
+            name: client.config_get(name)[name]
+            for name in ("appendonly", "appendfsync", "maxmemory-policy")
+        }
+        client.close()
+    assert settings == {
+        "appendonly": "yes",
+        "appendfsync": "everysec",
+        "maxmemory-policy": "noeviction",
+    }
+
+
+def test_the_dockerfile() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    lines = [
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    ]
+    froms = [line.split()[1] for line in lines if line.startswith("FROM ")]
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.MULTILINE)
+    assert froms == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
+    [user] = [line for line in lines if line.startswith("USER ")]
+    assert not user.split()[1].startswith(("0", "root"))
+    assert lines.index(user) > max(i for i, line in enumerate(lines) if line.startswith("RUN "))
+    assert 'ENTRYPOINT ["metricrelay"]' in lines
+    assert lines[-1] == 'CMD ["worker"]'
+    # no credential baked in: no ENV/ARG that names one, no key file copied
+    for line in lines:
+        if line.startswith(("ENV", "ARG")):
+            assert not re.search(r"SECRET|TOKEN|PASSWORD|CLIENT_ID|SERVICE_KEY", line, re.I)
+    assert not any(line.startswith("COPY") and ".json" in line for line in lines)

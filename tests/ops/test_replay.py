@@ -1,0 +1,246 @@
+"""Replay: filters, dry run, crash between append and delete, re-split, still-invalid stays dead."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+import redis
+import redis.asyncio as redis_asyncio
+
+from metricrelay.batching import Limits
+from metricrelay.codec import decode_entry
+from metricrelay.deadletter import DeadLetter, Reason
+from metricrelay.ops.dead import DeadFilter, parse_bound
+from metricrelay.ops.replay import ReplayPlan, ReplaySummary, replay
+from metricrelay.timestamps import from_epoch_ms
+
+pytestmark = pytest.mark.integration
+
+NOW = "2026-11-23T12:00:00.000000Z"
+
+
+class Crash(Exception):
+    """Stands for the process dying at the injected point."""
+
+
+async def _replay(client: Any, ops: SimpleNamespace, **options: Any) -> ReplaySummary:
+    flt = options.pop("flt", DeadFilter())
+    options.setdefault("limits", Limits())
+    return await replay(
+        client, ops.keys, flt, default_resource_group="default", failed_at=NOW, **options
+    )
+
+
+async def _add(client: Any, ops: SimpleNamespace, dead: DeadLetter, entry_id: str) -> str:
+    await client.xadd(ops.keys.dead, dead.fields(), id=entry_id)
+    return entry_id
+
+
+async def _events(client: Any, ops: SimpleNamespace) -> list[dict[str, Any]]:
+    rows = await client.xrange(ops.keys.events)
+    return [orjson.loads(fields[b"resource"]) for _, fields in rows]
+
+
+async def _dead_ids(client: Any, ops: SimpleNamespace) -> list[str]:
+    return [entry_id.decode() for entry_id, _ in await client.xrange(ops.keys.dead)]
+
+
+async def _three(client: Any, ops: SimpleNamespace) -> None:
+    """Letters at seconds 1, 2, 3: exhausted run-a, rejected run-b, exhausted run-b."""
+    await _add(client, ops, ops.letter(ops.fragment("run-a", 2), Reason.EXHAUSTED), "1000-0")
+    await _add(client, ops, ops.letter(ops.fragment("run-b", 1), Reason.REJECTED), "2000-0")
+    await _add(client, ops, ops.letter(ops.fragment("run-b", 3), Reason.EXHAUSTED), "3000-0")
+
+
+@pytest.mark.parametrize(
+    ("flt", "moved", "left"),
+    [
+        (DeadFilter(), ["1000-0", "2000-0", "3000-0"], []),
+        (DeadFilter(reasons=frozenset({Reason.EXHAUSTED})), ["1000-0", "3000-0"], ["2000-0"]),
+        (
+            DeadFilter(reasons=frozenset({Reason.EXHAUSTED, Reason.REJECTED})),
+            ["1000-0", "2000-0", "3000-0"],
+            [],
+        ),
+        (DeadFilter(execution="run-b"), ["2000-0", "3000-0"], ["1000-0"]),
+        (DeadFilter(start="2000-0"), ["2000-0", "3000-0"], ["1000-0"]),
+        (DeadFilter(end=parse_bound("2000", upper=True)), ["1000-0", "2000-0"], ["3000-0"]),
+        (
+            DeadFilter(
+                start=parse_bound("1970-01-01T00:00:01.500Z", upper=False),
+                end=parse_bound("1970-01-01T02:00:02+02:00", upper=True),
+            ),
+            ["2000-0"],
+            ["1000-0", "3000-0"],
+        ),
+        (DeadFilter(limit=2), ["1000-0", "2000-0"], ["3000-0"]),
+        (DeadFilter(execution="run-b", limit=1), ["2000-0"], ["1000-0", "3000-0"]),
+    ],
+)
+async def test_filters_select_what_moves(
+    redis_client: redis_asyncio.Redis,
+    ops: SimpleNamespace,
+    flt: DeadFilter,
+    moved: list[str],
+    left: list[str],
+) -> None:
+    await _three(redis_client, ops)
+    points = {"1000-0": 2, "2000-0": 1, "3000-0": 3}
+    summary = await _replay(redis_client, ops, flt=flt)
+    assert (summary.matched, summary.moved, summary.redead) == (len(moved), len(moved), 0)
+    assert await _dead_ids(redis_client, ops) == left
+    events = await _events(redis_client, ops)
+    assert [len(e["metrics"]) for e in events] == [points[i] for i in moved]
+
+
+async def test_dry_run_moves_nothing(
+    redis_client: redis_asyncio.Redis, ops: SimpleNamespace
+) -> None:
+    await _three(redis_client, ops)
+    await _add(redis_client, ops, ops.letter(b"not json", Reason.POISON), "4000-0")
+    before = await redis_client.xrange(ops.keys.dead)
+    seen: list[ReplayPlan] = []
+    summary = await _replay(redis_client, ops, dry_run=True, on_plan=seen.append)
+    assert await redis_client.xrange(ops.keys.dead) == before
+    assert await redis_client.xlen(ops.keys.events) == 0
+    assert (summary.dry_run, summary.moved, summary.fragments, summary.redead) == (
+        True, 4, 3, 1,
+    )  # fmt: skip
+    assert [len(plan.fragments) for plan in seen] == [1, 1, 1, 0]
+    assert seen[3].still_dead[0].reason is Reason.INVALID  # poison bytes that are not JSON
+    real = await _replay(redis_client, ops)
+    assert real.as_json() | {"dry_run": True} == summary.as_json()  # the dry run told the truth
+
+
+async def test_a_crash_between_append_and_delete_loses_nothing(
+    redis_client: redis_asyncio.Redis, ops: SimpleNamespace
+) -> None:
+    await _three(redis_client, ops)
+    appended: list[str] = []
+
+    def crash_on_second(plan: ReplayPlan) -> None:
+        appended.append(plan.record.id)
+        if len(appended) == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        await _replay(redis_client, ops, after_append=crash_on_second)
+    # the second letter's replacement is in the event stream, and the letter is still dead
+    assert await _dead_ids(redis_client, ops) == ["2000-0", "3000-0"]
+    assert [len(e["metrics"]) for e in await _events(redis_client, ops)] == [2, 1]
+    summary = await _replay(redis_client, ops)  # the operator runs it again
+    assert summary.moved == 2
+    assert await _dead_ids(redis_client, ops) == []
+    events = await _events(redis_client, ops)
+    # every letter arrived; only the one in hand at the crash (run-b, 1 point) twice
+    assert [(e["executionId"], len(e["metrics"])) for e in events] == [
+        ("run-a", 2), ("run-b", 1), ("run-b", 1), ("run-b", 3),
+    ]  # fmt: skip
+
+
+async def test_too_large_is_resplit_under_todays_limits(
+    redis_client: redis_asyncio.Redis, ops: SimpleNamespace
+) -> None:
+    body = ops.fragment("run-big", 40)  # about 4 KB: too large for a 1 KiB budget
+    await _add(redis_client, ops, ops.letter(body, Reason.TOO_LARGE), "1000-0")
+    limits = Limits(max_body_bytes=1024, max_metrics=1000)
+    summary = await _replay(redis_client, ops, limits=limits)
+    assert (summary.moved, summary.redead, summary.items) == (1, 0, 40)
+    assert summary.fragments >= 4
+    rows = await redis_client.xrange(ops.keys.events)
+    steps: list[int] = []
+    for _, fields in rows:
+        resource = fields[b"resource"]
+        decoded = decode_entry(resource, entry_ms=0, default_resource_group="default")
+        assert decoded.problems == []
+        assert decoded.fragment is not None
+        # what a PATCH of this fragment sends: the fragment less its resourceGroup
+        patch = orjson.loads(resource)
+        del patch["resourceGroup"]
+        assert len(orjson.dumps(patch)) <= 1024
+        steps += [m["step"] for m in patch["metrics"]]
+    assert steps == list(range(40))  # nothing lost, nothing doubled, in order
+    assert await _dead_ids(redis_client, ops) == []
+
+
+async def test_still_invalid_parts_stay_dead_with_their_new_reason(
+    redis_client: redis_asyncio.Redis, ops: SimpleNamespace
+) -> None:
+    document = orjson.loads(ops.fragment("run-a", 3))
+    document["metrics"][1]["value"] = "not a number"
+    resource = orjson.dumps(document)
+    await _add(redis_client, ops, ops.letter(resource, Reason.REJECTED, sources=("5-1",)), "1-0")
+    # an item that does not fit today's body budget even alone
+    huge = {"executionId": "run-h", "customInfo": [{"name": "blob", "value": "x" * 3000}]}
+    await _add(redis_client, ops, ops.letter(orjson.dumps(huge), Reason.TOO_LARGE), "2-0")
+    summary = await _replay(redis_client, ops, limits=Limits(max_body_bytes=2048))
+    assert (summary.moved, summary.fragments, summary.items, summary.redead) == (2, 1, 2, 2)
+    [event] = await _events(redis_client, ops)
+    assert [m["step"] for m in event["metrics"]] == [0, 2]
+    rows = await redis_client.xrange(ops.keys.dead)
+    assert [entry_id.decode() for entry_id, _ in rows] != ["1-0", "2-0"]  # new letters
+    first, second = (DeadLetter.from_fields(fields) for _, fields in rows)
+    assert first.reason is Reason.INVALID
+    assert first.error.startswith("metrics[1].value: ")  # its place in the replayed letter
+    assert "replay of dead letter 1-0, first dead as rejected" in first.error
+    assert orjson.loads(first.resource)["metrics"][0]["value"] == "not a number"
+    assert (list(first.source_ids), first.failed_at) == (["5-1"], NOW)
+    assert second.reason is Reason.INVALID
+    assert "the body byte budget is 2048" in second.error
+
+
+async def test_unchanged_invalid_letters_are_left_in_place(
+    redis_client: redis_asyncio.Redis, ops: SimpleNamespace
+) -> None:
+    await _add(redis_client, ops, ops.letter(b"\x00 not json", Reason.INVALID), "1-0")
+    summary = await _replay(redis_client, ops)
+    assert (summary.matched, summary.unchanged, summary.moved) == (1, 1, 0)
+    assert await _dead_ids(redis_client, ops) == ["1-0"]
+
+
+async def test_replayed_points_keep_their_original_time(
+    redis_client: redis_asyncio.Redis, ops: SimpleNamespace
+) -> None:
+    raw = b'{"executionId": "run-p", "metrics": [{"name": "loss", "value": 1}]}'
+    poison = DeadLetter(raw, Reason.POISON, "delivered 6 times", ["1700000000123-0"])
+    await _add(redis_client, ops, poison, "1-0")
+    await _replay(redis_client, ops)
+    [event] = await _events(redis_client, ops)
+    assert event["resourceGroup"] == "default"
+    assert event["metrics"][0]["timestamp"] == from_epoch_ms(1_700_000_000_123)
+
+
+async def test_letters_appended_during_the_scan_are_not_read_back(
+    redis_client: redis_asyncio.Redis, ops: SimpleNamespace
+) -> None:
+    document = orjson.loads(ops.fragment("run-a", 2))
+    document["metrics"][0]["value"] = True
+    await _add(redis_client, ops, ops.letter(orjson.dumps(document), Reason.REJECTED), "1-0")
+    summary = await _replay(redis_client, ops)
+    assert (summary.examined, summary.redead) == (1, 1)  # its new letter came after the end
+    assert await redis_client.xlen(ops.keys.dead) == 1
+
+
+def test_command_dry_run_and_json(sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any) -> None:
+    ops.add_dead(sync_redis, ops.letter(ops.fragment("run-a", 2), Reason.EXHAUSTED), "1000-0")
+    ops.add_dead(sync_redis, ops.letter(b"junk", Reason.INVALID), "2000-0")
+    code, out, _ = cli("replay", "--dry-run")
+    assert code == 0
+    assert "1000-0  exhausted  run-a  would append 1 fragment(s), 2 item(s)" in out
+    assert "2000-0  invalid    -  stays dead, unchanged" in out
+    assert "would move 1 (1 fragment(s), 2 item(s) to metricrelay:events)" in out
+    assert sync_redis.xlen(ops.keys.dead) == 2
+    code, out, _ = cli("replay", "--json", "--reason", "exhausted")
+    document = orjson.loads(out)
+    assert document["summary"]["moved"] == 1
+    assert document["letters"] == [
+        {"id": "1000-0", "reason": "exhausted", "execution_id": "run-a", "action": "move",
+         "fragments": 1, "items": 2, "still_dead": []},
+    ]  # fmt: skip
+    assert sync_redis.xlen(ops.keys.events) == 1
+    code, _, err = cli("replay", "--since", "yesterday")
+    assert code == 1
+    assert "neither a stream id" in err
