@@ -32,12 +32,17 @@ def test_validate_accepts_a_clean_file(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["validate", str(source)]) == 0
 
 
-def test_demo_acknowledges_every_entry(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--executions", "2", "--ranks", "2", "--steps", "120"]) == 0
+def test_demo_runs_end_to_end_at_small_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["demo", "--executions", "2", "--ranks", "2", "--steps", "60", "--step-ms", "1"]
+    assert main([*argv, "--dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "demo-run-00" in out and "demo-run-01" in out
-    assert "dead-letter 'invalid' x2: metrics[100].step" in out
-    assert "entries acknowledged: 14/14" in out
+    assert "stored 480 of 480 points logged" in out
+    assert "dead letters: ['invalid']" in out
+    assert "viewer: http://127.0.0.1:" in out
+    assert (tmp_path / "demo" / "worker-1.log").exists()
 
 
 def test_console_script_runs_as_a_module() -> None:

@@ -1,102 +1,186 @@
-"""``metricrelay demo``: a simulated distributed training run pushed through the relay's core.
+"""``metricrelay demo`` (``make run``): the whole relay, end to end, on embedded defaults.
 
-Today it runs the pure pipeline in process: fragments as ranks would write them to the stream,
-decoded and validated as the worker does, coalesced into PATCH bodies within every API limit.
-It prints what would be sent per execution and what would be dead-lettered, and why.
+A private redis-server, the reference API (SQLite, light fault injection), two worker processes
+and a simulated distributed training (executions x ranks, each rank an Emitter). Live progress on
+the terminal; at the end a summary per execution read back from the API with GET, and the
+viewer's URL. Exit 0 only if every point was delivered and the one deliberately bad entry was
+dead-lettered as ``invalid``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import json
+import shutil
+import sys
+import threading
 import time
-from collections import Counter
+import urllib.parse
+import urllib.request
+from pathlib import Path
 from typing import Any
 
-import orjson
-
-from metricrelay.batching import Body, Coalescer
-from metricrelay.codec import decode_entry
-from metricrelay.timestamps import from_epoch_ms
-
-__all__ = ["register", "run", "simulate"]
+__all__ = ["register", "run"]
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "demo", help="push a simulated training run through validation and batching"
+        "demo",
+        help="run Redis, the reference API, two workers and a simulated training, end to end",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--executions", type=int, default=3)
     parser.add_argument("--ranks", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--step-ms", type=float, default=20.0, help="simulated time per step")
+    parser.add_argument("--dir", type=Path, default=Path(".demo"), help="logs and data (reset)")
+    parser.add_argument("--keep", action="store_true", help="leave everything running; Ctrl-C ends")
+    parser.add_argument("--no-faults", action="store_true", help="no injected API faults")
     parser.set_defaults(handler=run)
 
 
-def _point(name: str, value: float, step: int, stamp: str, rank: int) -> dict[str, Any]:
-    labels = [{"name": "rank", "value": str(rank)}]
-    return {"name": name, "value": value, "step": step, "timestamp": stamp, "labels": labels}
+def _get(url: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}", "AI-Resource-Group": "default"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as reply:
+        return json.loads(reply.read())
 
 
-def _rank_entry(execution: int, rank: int, steps: range, start_ms: int) -> dict[str, Any]:
-    """One stream entry of one rank: 50 steps of loss and accuracy, packed."""
-    metrics = []
-    for step in steps:
-        loss = 2.0 * math.exp(-step / (120 + 30 * execution)) + 0.01 * rank
-        stamp = from_epoch_ms(start_ms + step * 100)
-        metrics.append(_point("training_loss", loss, step, stamp, rank))
-        metrics.append(_point("accuracy", 1 - loss / 2.5, step, stamp, rank))
-    if rank == 0 and steps.start == 0:  # one poisoned point, to show dead-lettering
-        metrics.append({"name": "training_loss", "value": 1.0, "step": -1})
-    tags = [{"name": "host", "value": f"node-{execution}"}]
-    return {"executionId": f"demo-run-{execution:02d}", "metrics": metrics, "tags": tags}
+class _Progress:
+    """One status line: logged, delivered, retried, split, dead-lettered, lag."""
+
+    def __init__(self, redis_url: str, api_url: str, executions: list[str]) -> None:
+        import redis  # noqa: PLC0415
+
+        from metricrelay.keys import Keys  # noqa: PLC0415
+
+        self.client = redis.Redis.from_url(redis_url)
+        self.keys = Keys()
+        self.api_url = api_url
+        self.executions = executions
+        self.tty = sys.stdout.isatty()
+        self._last_print = 0.0
+
+    def delivered(self) -> int:
+        total = 0
+        for execution in self.executions:
+            value = self.client.hget(self.keys.progress("default", execution), "points_accepted")
+            total += int(value or 0)
+        return total
+
+    def line(self, logged: int) -> str:
+        responses = _get(f"{self.api_url}/_stats")["responses"]
+        retried = sum(int(responses.get(s, 0)) for s in ("503", "429", "reset"))
+        groups = (
+            self.client.xinfo_groups(self.keys.events)
+            if self.client.exists(self.keys.events)
+            else []
+        )
+        lag = groups[0].get("lag") if groups else 0
+        pending = groups[0].get("pending") if groups else 0
+        split = int(responses.get("413", 0))
+        dead = self.client.xlen(self.keys.dead)
+        return (
+            f"logged {logged:>7}  delivered {self.delivered():>7}  retried {retried:>4}  "
+            f"split(413) {split:>4}  dead {dead:>2}  lag {lag}  pending {pending}"
+        )
+
+    def show(self, logged: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self._last_print < (0.3 if self.tty else 2.0):
+            return
+        self._last_print = now
+        text = self.line(logged)
+        print(
+            ("\r" + text) if self.tty else text,
+            end="\n" if final or not self.tty else "",
+            flush=True,
+        )
 
 
-def simulate(executions: int, ranks: int, steps: int, start_ms: int) -> list[tuple[str, bytes]]:
-    """Stream entries as ``(id, resource)``, as ranks would XADD them, ending with a report."""
-    documents = []
-    for execution in range(executions):
-        for rank in range(ranks):
-            for first in range(0, steps, 50):
-                chunk = range(first, min(first + 50, steps))
-                documents.append(_rank_entry(execution, rank, chunk, start_ms))
-        report = orjson.dumps({"accuracy": 0.9, "per_class": {"cat": 0.93, "dog": 0.88}})
-        info = [{"name": "Classification Report", "value": report.decode()}]
-        documents.append({"executionId": f"demo-run-{execution:02d}", "customInfo": info})
-    return [(f"{start_ms + n}-0", orjson.dumps(doc)) for n, doc in enumerate(documents)]
+def _poison(redis_url: str, execution: str) -> None:
+    """One deliberately bad entry, as a buggy producer in another language might XADD it."""
+    import redis  # noqa: PLC0415
+
+    from metricrelay.keys import Keys  # noqa: PLC0415
+
+    bad = b'{"executionId":"%s","metrics":[{"name":"training_loss","value":NaN,"step":0}]}'
+    redis.Redis.from_url(redis_url).xadd(Keys().events, {"resource": bad % execution.encode()})
+
+
+def _summary(api_url: str, executions: list[str], expected: int) -> int:
+    from metricrelay.demo_stack import DEMO_TOKEN  # noqa: PLC0415
+
+    print(f"\n{'execution':16} {'points':>7} {'ranks':>5} {'tags':>5}  customInfo")
+    stored = 0
+    for execution in executions:
+        query = urllib.parse.urlencode({"executionIds": execution})
+        resources = _get(f"{api_url}/v2/lm/metrics?{query}", DEMO_TOKEN)["resources"]
+        resource = resources[0] if resources else {"metrics": [], "tags": [], "customInfo": []}
+        ranks = {str(m.get("labels")) for m in resource["metrics"]}
+        infos = ", ".join(c["name"] for c in resource.get("customInfo") or [])
+        count = len(resource["metrics"])
+        stored += count
+        print(
+            f"{execution:16} {count:7} {len(ranks):5} {len(resource.get('tags') or []):5}  {infos}"
+        )
+    print(f"\nstored {stored} of {expected} points logged")
+    return stored
 
 
 def run(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    start_ms = int(time.time() * 1000)
-    entries = simulate(args.executions, args.ranks, args.steps, start_ms)
-    coalescer = Coalescer()
-    bodies: list[Body] = []
-    dead: Counter[str] = Counter()
-    acked = 0
-    for entry_id, raw in entries:
-        decoded = decode_entry(
-            raw, entry_ms=int(entry_id.split("-")[0]), default_resource_group="default"
-        )
-        for problem in decoded.problems:
-            dead[problem.message] += 1
-        if decoded.fragment is not None:
-            acked += len(coalescer.add(entry_id, decoded.fragment, time.monotonic()))
-        bodies += coalescer.take_ready()
-    bodies += coalescer.flush()
-    for body in bodies:
-        acked += len(coalescer.complete(body))
-    print("offline preview: the worker, Redis and the reference API arrive in later releases\n")
-    print(f"{'execution':14} {'bodies':>6} {'metrics':>8} {'tags':>5} {'custInfo':>8} {'KiB':>8}")
-    for execution in sorted({b.execution_id for b in bodies}):
-        mine = [b for b in bodies if b.execution_id == execution]
-        print(
-            f"{execution:14} {len(mine):6} {sum(len(b.metrics) for b in mine):8} "
-            f"{sum(len(b.tags) for b in mine):5} {sum(len(b.custom_info) for b in mine):8} "
-            f"{sum(b.size for b in mine) / 1024:8.1f}"
-        )
-    reasons = Counter(str(b.close_reason) for b in bodies)
-    print(f"\n{len(entries)} stream entries -> {len(bodies)} PATCH bodies {dict(reasons)}")
-    for message, count in dead.items():
-        print(f"dead-letter 'invalid' x{count}: {message}")
-    print(f"entries acknowledged: {acked}/{len(entries)} in {time.perf_counter() - started:.2f} s")
-    return 0 if acked == len(entries) else 1
+    from metricrelay.demo_stack import start_api, start_worker  # noqa: PLC0415
+    from metricrelay.embedded import RedisServer  # noqa: PLC0415
+
+    folder: Path = args.dir
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "redis").mkdir(parents=True)
+    children = []
+    try:
+        with RedisServer(directory=folder / "redis") as redis_server:
+            api = start_api(folder, faults=not args.no_faults)
+            children.append(api)
+            api_url = api.bound_url()
+            children += [start_worker(folder, n, redis_server.url, api_url) for n in (1, 2)]
+            print(f"redis {redis_server.url}  api {api_url}  logs in {folder}/")
+            ok = _run_training(args, redis_server.url, api_url)
+            print(f"viewer: {api_url}/")
+            if args.keep:
+                print("--keep: everything stays up; Ctrl-C stops it")
+                threading.Event().wait()
+            return 0 if ok else 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: shutting down")
+        return 130
+    finally:
+        for child in children:
+            child.stop()
+
+
+def _run_training(args: argparse.Namespace, redis_url: str, api_url: str) -> bool:
+    import redis  # noqa: PLC0415
+
+    from metricrelay.demo_training import Training  # noqa: PLC0415
+    from metricrelay.keys import Keys  # noqa: PLC0415
+
+    executions = [f"demo-run-{n:02d}" for n in range(args.executions)]
+    training = Training(redis_url, executions, args.ranks, args.steps, args.step_ms / 1000)
+    progress = _Progress(redis_url, api_url, executions)
+    started = time.monotonic()
+    threads = training.start()
+    _poison(redis_url, executions[0])
+    while any(t.is_alive() for t in threads):
+        progress.show(training.logged)
+        threads[0].join(0.1)
+    if training.errors:
+        raise training.errors[0]
+    for emitter in training.emitters:  # the end-of-run barrier of every rank
+        emitter.flush(timeout=300, wait_delivered=True)
+        emitter.close()
+    progress.show(training.logged, final=True)
+    stored = _summary(api_url, executions, training.logged)
+    rows: Any = redis.Redis.from_url(redis_url).xrange(Keys().dead)
+    dead = [fields[b"reason"].decode() for _, fields in rows]
+    print(f"dead letters: {dead} (one bad entry was sent on purpose)")
+    print(f"done in {time.monotonic() - started:.1f}s")
+    return stored == training.logged and dead == ["invalid"]
