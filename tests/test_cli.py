@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,21 @@ def test_unknown_subcommand_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["nope"])
     assert exit_info.value.code == 2
+
+
+def test_demo_keep_stays_up_until_ctrl_c_and_then_stops_everything(tmp_path: Path) -> None:
+    argv = ["--executions", "1", "--ranks", "1", "--steps", "20", "--step-ms", "0", "--keep"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metricrelay", "demo", *argv, "--dir", str(tmp_path / "d")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:  # bounded: the demo prints the viewer line, or exits
+        if line.startswith(b"--keep"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err.decode()
+    log = (tmp_path / "d" / "worker-1.log").read_text()
+    assert "worker stopped" in log  # the worker was drained and stopped, not left behind
