@@ -248,8 +248,30 @@ class _Core:
             ops.append(op)
         return ops, markers
 
-    def _encode(self, ops: list[Metric | Named]) -> list[tuple[bytes, int]]:
-        return pack(ops, self.config.resource_group, self.config.execution_id)
+    def _next_batch(self) -> tuple[list[Metric | Named], list[Marker], list[bytes]]:
+        """The next ops (up to a marker), the markers to fire after them, their fragments."""
+        ops, markers = self._take()
+        config = self.config
+        return (
+            ops,
+            markers,
+            [data for data, _ in pack(ops, config.resource_group, config.execution_id)],
+        )
+
+    def _queue_xadds(self, pipe: Any, fragments: list[bytes]) -> None:
+        for data in fragments:
+            pipe.xadd(self.config.keys.events, {"resource": data})
+
+    def _done(self, ops: list[Metric | Named], ids: list[Any], markers: list[Marker]) -> None:
+        self._account(ops, [i.decode() for i in ids])
+        for marker in markers:
+            marker.callback()
+
+    @staticmethod
+    def _retry_in(backoff: float, error: Exception) -> float:
+        """Log a failed write; the next backoff (capped): reconnecting is redis-py's job."""
+        log.warning("writing to Redis failed (%s); retrying in %.2fs", error, backoff)
+        return min(backoff * 2, 2.0)
 
     def _account(self, ops: list[Metric | Named], ids: list[str]) -> None:
         self._written_bytes += sum(_METRIC_COST if isinstance(o, tuple) else o.size for o in ops)
@@ -336,35 +358,25 @@ class Emitter(_Core):
                 )
 
     def _run(self) -> None:
-        backoff = 0.05
         while not self._stop or self._queue:
             self._wakeup.wait(self.config.flush_interval)
             self._wakeup.clear()
             while self._queue:
-                ops, markers = self._take()
-                fragments = self._encode(ops)
+                ops, markers, fragments = self._next_batch()
+                backoff = 0.05
                 while True:
                     try:
-                        ids = self._write(fragments)
-                        backoff = 0.05
+                        pipe = self._redis.pipeline(transaction=False)
+                        self._queue_xadds(pipe, fragments)
+                        ids = pipe.execute() if fragments else []
                         break
-                    except Exception as exc:  # reconnect and retry: nothing logged is lost
+                    except Exception as exc:  # nothing logged is lost: retry until Redis is back
                         if self._stop and self._closed:
-                            return
-                        log.warning("writing to Redis failed (%s); retrying in %.2fs", exc, backoff)
+                            return  # close() gave up waiting; it logged what is left
+                        next_backoff = self._retry_in(backoff, exc)
                         time.sleep(backoff)
-                        backoff = min(backoff * 2, 2.0)
-                self._account(ops, ids)
-                for marker in markers:
-                    marker.callback()
-
-    def _write(self, fragments: list[tuple[bytes, int]]) -> list[str]:
-        if not fragments:
-            return []
-        pipe = self._redis.pipeline(transaction=False)
-        for data, _ in fragments:
-            pipe.xadd(self.config.keys.events, {"resource": data})
-        return [i.decode() for i in pipe.execute()]
+                        backoff = next_backoff
+                self._done(ops, ids, markers)
 
 
 def wait_delivered_sync(
@@ -448,26 +460,21 @@ class AsyncEmitter(_Core):
             await self._redis.aclose()
 
     async def _run(self) -> None:
-        backoff = 0.05
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.config.flush_interval)
             self._wakeup.clear()
             while self._queue:
-                ops, markers = self._take()
-                fragments = self._encode(ops)
+                ops, markers, fragments = self._next_batch()
+                backoff = 0.05
                 while True:
                     try:
                         pipe = self._redis.pipeline(transaction=False)
-                        for data, _ in fragments:
-                            pipe.xadd(self.config.keys.events, {"resource": data})
-                        ids = [i.decode() for i in await pipe.execute()] if fragments else []
-                        backoff = 0.05
+                        self._queue_xadds(pipe, fragments)
+                        ids = await pipe.execute() if fragments else []
                         break
-                    except Exception as exc:  # reconnect and retry
-                        log.warning("writing to Redis failed (%s); retrying in %.2fs", exc, backoff)
+                    except Exception as exc:  # retry until Redis is back
+                        next_backoff = self._retry_in(backoff, exc)
                         await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 2.0)
-                self._account(ops, ids)
-                for marker in markers:
-                    marker.callback()
+                        backoff = next_backoff
+                self._done(ops, ids, markers)

@@ -69,3 +69,20 @@ def test_pack_respects_every_limit_and_the_worker_accepts_each_fragment() -> Non
         assert sum(len(orjson.dumps(i)) for i in infos) <= 5_000_000
         total_metrics += len(fragment.get("metrics", []))
     assert total_metrics == 2500
+
+
+def test_emitter_settings_come_from_arguments_else_the_environment() -> None:
+    from metricrelay.producer import EmitterConfig  # noqa: PLC0415
+
+    env = {"AICORE_EXECUTION_ID": "aicore-exec", "AICORE_RESOURCE_GROUP": "rg-a"}
+    config = EmitterConfig(env=env)
+    assert (config.execution_id, config.resource_group) == ("aicore-exec", "rg-a")
+    assert config.redis_url == "redis://localhost:6379/0"
+    env |= {"METRICRELAY_EXECUTION_ID": "mr-exec", "METRICRELAY_REDIS_URL": "redis://h:1/2"}
+    config = EmitterConfig(env=env)
+    assert (config.execution_id, config.redis_url) == ("mr-exec", "redis://h:1/2")
+    assert EmitterConfig("given", env=env).execution_id == "given"
+    with pytest.raises(ValueError, match="no execution id"):
+        EmitterConfig(env={})
+    with pytest.raises(ValueError, match="policy"):
+        EmitterConfig("x", policy="maybe", env={})  # type: ignore[arg-type]
