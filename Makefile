@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint format run bench clean
+.PHONY: install test lint format run bench bench-full chaos clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The reliability suite at ten times the size `make test` runs it at.
+chaos: $(STAMP)
+	METRICRELAY_CHAOS_SCALE=10 $(BIN)/python -m pytest -q tests/reliability
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist .demo

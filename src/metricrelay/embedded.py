@@ -47,6 +47,7 @@ class RedisServer:
     def __init__(self, directory: Path | None = None, appendonly: str | None = None) -> None:
         self._own_dir = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="metricrelay-redis-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None

@@ -1,0 +1,225 @@
+"""Chaos against real processes; the ledger balances after each (issue 9, scenarios 1-5)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from metricrelay import Emitter
+from metricrelay.embedded import free_port
+
+KEYS_DEAD = "metricrelay:dead"
+SCALE = int(os.environ.get("METRICRELAY_CHAOS_SCALE", "1"))  # make chaos: 10
+QUICK = {
+    "METRICRELAY_LINGER": "0.05",
+    "METRICRELAY_BLOCK_MS": "50",
+    "METRICRELAY_RETRY_BUDGET": "2",
+    "METRICRELAY_REQUEST_TIMEOUT": "2",
+    "METRICRELAY_RETRY_AFTER_CAP": "0.2",
+}
+
+
+def burst(stack: Any, timeout: float = 180, **env: str) -> None:
+    """A last worker in burst mode: it reclaims what crashed workers left and drains the rest."""
+    worker = stack.start_worker(99, burst=True, **{**QUICK, **env})
+    worker.process.wait(timeout)
+    assert worker.process.returncode == 0, worker.log_path.read_text()[-3000:]
+
+
+def server_stats(stack: Any) -> dict[str, Any]:
+    import json  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    with urllib.request.urlopen(f"{stack.api_url}/_stats", timeout=30) as reply:
+        result: dict[str, Any] = json.loads(reply.read())
+        return result
+
+
+def test_workers_killed_at_random_lose_nothing(stack: Any, rng: random.Random) -> None:
+    stack.start_api()
+    stack.worker_env = QUICK
+    workers = {n: stack.start_worker(n) for n in (1, 2, 3)}
+    executions = [f"crash-{i:02d}" for i in range(10)]
+    per_execution, rounds = 2000 * SCALE, 10
+    written: set[Any] = set()
+    kills = 0
+    for number in range(rounds):
+        part = range(number * per_execution // rounds, (number + 1) * per_execution // rounds)
+        for execution in executions:
+            written |= stack.xadd_points(execution, part, per_entry=rng.choice([1, 10, 200]))
+        time.sleep(0.3)  # let the workers get busy: the kill must land mid-work
+        victim = rng.choice(list(workers))
+        workers[victim].kill()
+        kills += 1
+        workers[victim] = stack.start_worker(victim)
+    for worker in workers.values():
+        worker.stop()
+    burst(stack)
+    audit = stack.audit(written, executions)
+    audit.assert_balanced()
+    assert audit.dead == {}
+    duplicates = server_stats(stack)["storage"]["points_duplicate"]
+    print(f"{len(written)} points, {kills} SIGKILLs: {duplicates} points delivered twice")
+
+
+def test_redis_restarted_mid_run_with_aof_always_loses_nothing(stack: Any) -> None:
+    stack.start_api()
+    stack.worker_env = QUICK
+    for number in (1, 2):
+        stack.start_worker(number)
+    written = set()
+    with Emitter(
+        "restart-01", redis_url=stack.redis.url, flush_interval=0.02, handle_sigterm=False
+    ) as run:
+        for step in range(4000 * SCALE):
+            run.log_metric("loss", 1.0, step=step, labels={"rank": "0"})
+            point = {"name": "loss", "step": step, "labels": [{"name": "rank", "value": "0"}]}
+            written.add(stack.identity("restart-01", point))
+            if step == 2000 * SCALE:
+                stack.redis.restart()  # both the producer and the workers lose their connections
+        run.flush(timeout=120, wait_delivered=True)
+    for worker in stack.workers:
+        worker.stop()
+    burst(stack)
+    audit = stack.audit(written, ["restart-01"])
+    audit.assert_balanced()
+    assert audit.dead == {}
+
+
+def test_api_faults_every_dead_letter_has_the_reason_its_fault_implies(
+    stack: Any, rng: random.Random
+) -> None:
+    stack.api_args = (
+        *("--fail-rate", "0.05", "--throttle-rate", "0.05", "--retry-after", "1"),
+        *("--reset-rate", "0.03", "--max-metrics-per-request", "300"),
+        *("--max-body-bytes", "65536", "--reject-names", "^poison", "--seed", "3"),
+        *("--expires-in", "2", "--client-id", "relay", "--client-secret", "s3cr3t-relay"),
+    )
+    url = stack.start_api()
+    stack.worker_env = {
+        **QUICK,
+        "METRICRELAY_RETRY_BUDGET": "30",
+        "METRICRELAY_TOKEN": "",
+        "METRICRELAY_AUTH_URL": f"{url}/oauth/token",
+        "METRICRELAY_CLIENT_ID": "relay",
+        "METRICRELAY_CLIENT_SECRET": "s3cr3t-relay",
+    }
+    for number in (1, 2):
+        stack.start_worker(number)
+    executions = [f"faults-{i}" for i in range(4)]
+    written: set[Any] = set()
+    for execution in executions:  # long labels: 300 metrics then exceed 64 KiB (413 by bytes)
+        written |= stack.xadd_points(execution, range(3000 * SCALE), per_entry=rng.choice([5, 500]))
+    poison = stack.xadd_points(executions[0], range(100_000, 100_010), per_entry=1, name="poison_x")
+    written |= poison
+    for worker in stack.workers:
+        worker.stop(timeout=60)
+    burst(stack, **stack.worker_env)
+    audit = stack.audit(written, executions)
+    audit.assert_balanced()
+    assert audit.dead == dict.fromkeys(poison, "rejected")  # only the refused names
+    responses = server_stats(stack)["responses"]
+    for status in ("503", "429", "413", "400", "reset"):
+        assert int(responses.get(status, 0)) > 0, (status, responses)
+    for worker in stack.workers:
+        assert "s3cr3t-relay" not in worker.log_path.read_text()
+
+
+def test_api_down_longer_than_the_budget_then_replay_delivers_everything(stack: Any) -> None:
+    stack.api_url = f"http://127.0.0.1:{free_port()}"  # nobody listens: connection refused
+    stack.worker_env = {**QUICK, "METRICRELAY_RETRY_BUDGET": "1"}
+    written = stack.xadd_points("down-01", range(3000), per_entry=100)
+    burst(stack, **stack.worker_env)
+    exhausted = stack.audit(written, [])
+    assert set(exhausted.dead.values()) == {"exhausted"} and len(exhausted.dead) == 3000
+    stack.start_api()  # the API is back
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metricrelay",
+            "replay",
+            "--redis-url",
+            stack.redis.url,
+            "--reason",
+            "exhausted",
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    burst(stack)
+    audit = stack.audit(written, ["down-01"])
+    audit.assert_balanced()
+    assert audit.dead == {}
+    assert stack.client().xlen(KEYS_DEAD) == 0  # zero dead letters left
+
+
+HOSTILE: list[bytes] = [
+    b"\xff\xfe\xfd",  # invalid UTF-8
+    b"[" * 100_000 + b"]" * 100_000,  # deep nesting
+    b'{"executionId":"fuzz-01","metrics":[{"name":"x","value":1e999999}]}',  # huge number
+    orjson.dumps(
+        {"executionId": "fuzz-01", "customInfo": [{"name": "big", "value": "x" * 10_000_000}]}
+    ),
+    orjson.dumps({"executionId": 5, "metrics": "nope"}),  # wrong types
+    b'{"metrics":[{"name":"x","value":1}]}',  # missing executionId
+    b"{}",
+    b"",
+    bytes(range(256)),  # binary
+    orjson.dumps(
+        {"executionId": "fuzz-01", "metrics": [{"name": "x", "value": True, "extra": {"a": [1]}}]}
+    ),
+]
+
+
+def test_hostile_entries_are_dead_lettered_and_valid_traffic_is_unaffected(
+    stack: Any, rng: random.Random
+) -> None:
+    from hypothesis import given, settings  # noqa: PLC0415
+    from hypothesis import strategies as st  # noqa: PLC0415
+
+    generated: list[bytes] = []
+
+    @settings(max_examples=60, database=None, derandomize=True)
+    @given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
+    def collect(raw: bytes) -> None:
+        generated.append(raw)
+
+    collect()
+    stack.start_api()
+    client = stack.client()
+    written: set[Any] = set()
+    hostile_ids = []
+    for number, raw in enumerate([*HOSTILE, *generated]):
+        written |= stack.xadd_points(
+            "fuzz-valid", range(number * 10, number * 10 + 10), per_entry=10
+        )
+        hostile_ids.append(client.xadd("metricrelay:events", {"resource": raw}).decode())
+    burst(stack)
+    audit = stack.audit(written, ["fuzz-valid"])
+    audit.assert_balanced()  # valid traffic all stored, nothing pending
+    letters = client.xrange(KEYS_DEAD)
+    sources = {s for _, f in letters for s in f[b"source_ids"].decode().split(",")}
+    valid_json = {
+        i for i, raw in zip(hostile_ids, [*HOSTILE, *generated], strict=True) if _valid(raw)
+    }
+    assert set(hostile_ids) - valid_json <= sources  # every hostile entry is dead-lettered
+    for _, fields in letters:
+        assert fields[b"reason"] == b"invalid"
+        assert fields[b"error"].strip()  # with a readable error
+    del rng
+
+
+def _valid(raw: bytes) -> bool:
+    """Whether a generated entry happens to be a valid, empty-enough fragment (then no letter)."""
+    from metricrelay.codec import decode_entry  # noqa: PLC0415
+
+    return not decode_entry(raw, entry_ms=0, default_resource_group="d").problems
