@@ -37,7 +37,8 @@ def make_certificates(folder: Path) -> dict[str, Path]:
             "-subj", "/CN=127.0.0.1")  # fmt: skip
     (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "ext.cnf")  # fmt: skip
+            "-CAcreateserial", "-out", "server.crt", "-days", "1",
+            "-extfile", "ext.cnf")  # fmt: skip
     return {name: folder / f"{name}.crt" for name in ("ca", "server")} | {
         "key": folder / "server.key"
     }
