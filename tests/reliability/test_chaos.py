@@ -64,7 +64,9 @@ def test_workers_killed_at_random_lose_nothing(stack: Any, rng: random.Random) -
     audit = stack.audit(written, executions)
     audit.assert_balanced()
     assert audit.dead == {}
-    duplicates = server_stats(stack)["storage"]["points_duplicate"]
+    stats = server_stats(stack)
+    assert "413" not in stats["responses"] and "400" not in stats["responses"]  # no limit broken
+    duplicates = stats["storage"]["points_duplicate"]
     print(f"{len(written)} points, {kills} SIGKILLs: {duplicates} points delivered twice")
 
 
@@ -90,6 +92,7 @@ def test_redis_restarted_mid_run_with_aof_always_loses_nothing(stack: Any) -> No
     audit = stack.audit(written, ["restart-01"])
     audit.assert_balanced()
     assert audit.dead == {}
+    assert "413" not in server_stats(stack)["responses"]  # no PATCH broke a limit
 
 
 def test_api_faults_every_dead_letter_has_the_reason_its_fault_implies(

@@ -30,6 +30,7 @@ from metricrelay.api.handlers import (
 )
 from metricrelay.api.stats import Stats, stats_middleware
 from metricrelay.api.tokens import TokenIssuer
+from metricrelay.api.viewer import add_viewer_routes
 
 __all__ = ["STATE", "build_app"]
 
@@ -80,6 +81,7 @@ def _add_routes(app: web.Application) -> None:
     router.add_get("/v2/lm/meta", get_meta, allow_head=False)
     router.add_post("/oauth/token", issue_token)
     router.add_get("/_stats", get_stats, allow_head=False)
+    add_viewer_routes(router)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -6,7 +6,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from metricrelay.api.query import MetricQuery
 from metricrelay.api.storage import MetricStore, PatchOutcome
@@ -49,6 +49,9 @@ class AsyncStore:
 
     async def delete(self, group: str, execution_id: str) -> bool:
         return await self._run(functools.partial(self._store.delete, group, execution_id))
+
+    async def executions(self, group: str | None) -> list[dict[str, Any]]:
+        return await self._run(functools.partial(self._store.executions, group))
 
     async def close(self) -> None:
         """Close the connection on its own thread (WAL is checkpointed), then the thread."""

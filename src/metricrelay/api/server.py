@@ -84,6 +84,7 @@ async def serve(config: ApiConfig, *, ready: Callable[[RunningServer], None] | N
         loop.add_signal_handler(sig, on_signal, sig)
     server = await start_server(config)
     log.info("metricrelay api listening on %s (db %s)", server.url, config.db)
+    log.info("run viewer at %s/", server.url)
     if ready is not None:
         ready(server)
     try:

@@ -178,6 +178,33 @@ class MetricStore:
         resources = [self._resource(row, query) for row in page]
         return orjson.dumps({"count": count, "resources": resources})
 
+    def executions(self, group: str | None) -> list[dict[str, Any]]:
+        """Every resource (of one group, or of all) with its tags: the viewer's index, no points."""
+        where, params = ("WHERE resource_group = ?", (group,)) if group is not None else ("", ())
+        rows = self._conn.execute(
+            "SELECT id, resource_group, execution_id, created_at, modified_at FROM resources "
+            f"{where} ORDER BY resource_group, id",
+            params,
+        ).fetchall()
+        tags: dict[int, list[dict[str, str]]] = {}
+        # one pass over the tags instead of one query per resource
+        for rid, name, value in self._conn.execute(
+            "SELECT t.resource_id, t.name, t.value FROM tags t "
+            f"JOIN resources ON resources.id = t.resource_id {where} ORDER BY t.name",
+            params,
+        ):
+            tags.setdefault(rid, []).append({"name": name, "value": value})
+        return [
+            {
+                "resourceGroup": rgroup,
+                "executionId": execution_id,
+                "tags": tags.get(rid, []),
+                "createdAt": created_at,
+                "modifiedAt": modified_at,
+            }
+            for rid, rgroup, execution_id, created_at, modified_at in rows
+        ]
+
     def _resource(self, row: tuple[Any, ...], query: MetricQuery) -> dict[str, Any]:
         rid, execution_id, created_at, modified_at = row
         out: dict[str, Any] = {"executionId": execution_id}
