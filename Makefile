@@ -33,6 +33,10 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# The long variant of the worker benchmark: a 5M-point backlog and a longer latency run.
+bench-full: $(STAMP)
+	$(BIN)/python -m bench worker --full
+
 # The reliability suite at ten times the size `make test` runs it at.
 chaos: $(STAMP)
 	METRICRELAY_CHAOS_SCALE=10 $(BIN)/python -m pytest -q tests/reliability

@@ -6,15 +6,24 @@ import importlib
 import sys
 
 # Each harness is a module of this package exposing ``main(argv: list[str]) -> int``.
-STANDARD: tuple[str, ...] = ("bench.pipeline", "bench.producer", "bench.api_patch")
+STANDARD: tuple[str, ...] = (
+    "bench.pipeline",
+    "bench.producer",
+    "bench.api_patch",
+    "bench.worker",
+)
 
 
 def main(argv: list[str]) -> int:
-    chosen = [f"bench.{name}" for name in argv] or list(STANDARD)
+    """``python -m bench [NAME ...] [--flag ...]``: from the first flag on, the arguments go to
+    every chosen harness (``python -m bench worker --full``)."""
+    first_flag = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    names, flags = argv[:first_flag], argv[first_flag:]
+    chosen = [f"bench.{name}" for name in names] or list(STANDARD)
     status = 0
     for name in chosen:
         print(f"\n== {name} ==", flush=True)
-        status |= importlib.import_module(name).main([])
+        status |= importlib.import_module(name).main(flags)
     return status
 
 

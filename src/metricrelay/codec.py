@@ -168,14 +168,24 @@ def _encode(valid: Fragment, entry_ms: int, default_resource_group: str) -> Enco
         labels = metric.get("labels")
         if labels:
             item["labels"] = labels
-        out.metrics.append(dumps(item))
+        out.metrics.append(_exact(dumps(item)))
     for tag in valid.get("tags", ()):
-        out.tags.append((tag["name"], dumps({"name": tag["name"], "value": tag["value"]})))
+        out.tags.append((tag["name"], _exact(dumps({"name": tag["name"], "value": tag["value"]}))))
     for info in valid.get("customInfo", ()):
         out.custom_info.append(
-            (info["name"], dumps({"name": info["name"], "value": info["value"]}))
+            (info["name"], _exact(dumps({"name": info["name"], "value": info["value"]})))
         )
     return out
+
+
+def _exact(encoded: bytes) -> bytes:
+    """A copy of ``encoded`` that takes only its length in memory.
+
+    orjson (3.13) returns bytes whose allocation keeps its initial 4 KiB buffer however short the
+    JSON is; items stay held until their body is accepted, so a 1M-point backlog held ~4 GB.
+    Copying through a memoryview allocates exactly (~0.1 µs per item).
+    """
+    return bytes(memoryview(encoded))
 
 
 def _unit(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as redis_asyncio
 from redis.exceptions import ResponseError
 
 from metricrelay.keys import Keys
@@ -37,6 +38,23 @@ class GroupInfo:
     lag: int | None  # not yet delivered; None where Redis cannot tell (before 7.0, after XDEL)
 
 
+def _raw_entries(rows: Sequence[Any]) -> list[Entry]:
+    """Entries from XREADGROUP's unconverted reply: ``[id, [field, value, ...] | None]`` rows."""
+    out = []
+    for entry_id, fields in rows:
+        if fields is None:  # deleted while pending (Redis < 7 reports such ids this way)
+            continue
+        resource = None
+        size = 0
+        for index in range(0, len(fields), 2):
+            name, value = fields[index], fields[index + 1]
+            size += len(name) + len(value)
+            if name == b"resource":
+                resource = value
+        out.append(Entry(entry_id.decode(), resource, size))
+    return out
+
+
 def _entries(rows: Sequence[Any]) -> list[Entry]:
     out = []
     for entry_id, fields in rows:
@@ -56,6 +74,12 @@ class EventStream:
         self.keys = keys
         self.consumer = consumer
         self._reclaim_cursor = "0-0"
+        # Reads go through a second client on the same connection pool whose XREADGROUP replies
+        # are left as hiredis parsed them: redis-py's per-entry conversion to tuples and dicts
+        # was about a tenth of the worker's CPU per single-point entry (bench/worker.py).
+        # A client of its own, so that nobody else sharing ``redis`` gets raw replies.
+        self._reader = redis_asyncio.Redis(connection_pool=redis.connection_pool)
+        self._reader.set_response_callback("XREADGROUP", _unconverted)
 
     async def ensure_group(self) -> None:
         """Create the group (and the stream) if missing, from the stream's first entry: what
@@ -69,12 +93,14 @@ class EventStream:
 
     async def read(self, count: int, block_ms: int | None) -> list[Entry]:
         """New entries for this consumer; ``block_ms`` None returns at once."""
-        reply = await self.redis.xreadgroup(
+        reply = await self._reader.xreadgroup(
             self.keys.group, self.consumer, {self.keys.events: ">"}, count=count, block=block_ms
         )
         if not reply:
             return []
-        return _entries(reply[0][1])
+        # RESP3 answers a map {stream: rows}, RESP2 a list [[stream, rows]]; one stream was read
+        rows = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+        return _raw_entries(rows)
 
     async def ack(self, ids: Sequence[str]) -> int:
         if not ids:
@@ -167,6 +193,10 @@ class EventStream:
             return 0
         trimmed: int = await self.redis.xtrim(self.keys.events, minid=keep_from, approximate=False)
         return trimmed
+
+
+def _unconverted(response: Any, **options: Any) -> Any:
+    return response
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

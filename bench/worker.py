@@ -1,0 +1,535 @@
+"""Worker benchmark: one ``metricrelay worker --burst`` process against the reference API process.
+
+Every figure is the median (min, max) of RUNS runs. Each run fills a fresh stream on a private
+redis-server, starts the worker as its own process and times it from its start-up log line ("worker
+... reading") to its exit; CPU is the child's own (``/proc/<pid>/stat`` at that line, ``wait4``
+rusage at exit), so interpreter start-up is excluded. Scenarios:
+
+- single-point entries (one metric per XADD) and packed entries (POINTS_PER_ENTRY per XADD);
+- the raw ceiling over the very same entries, read through a second consumer group: a bare
+  asyncio redis-py (hiredis) loop of XREADGROUP COUNT 1000 + ``orjson.loads`` + XACK;
+- the baseline a user has today: one PATCH per point, sequentially (aiohttp, keep-alive);
+- peak RSS (VmHWM) with a packed backlog of 1M points (and 5M with ``--full``);
+- produce → accepted latency at half the measured single-point rate (see ``latency_run``);
+- 1 vs 2 worker processes; the API with 5% 503s and 2% 429s (``Retry-After: 0``).
+
+Producer figures are ``bench/producer.py``'s (``bench/results/producer.json``), not repeated here.
+Run: ``python -m bench worker`` (``make bench``); ``python -m bench worker --full`` (``make
+bench-full``); ``--tiny`` is the smoke size used by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import queue
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import redis
+import redis.asyncio as redis_asyncio
+
+from metricrelay.embedded import RedisServer
+from metricrelay.keys import Keys
+
+RESULTS = Path(__file__).parent / "results" / "worker.json"
+TOKEN = "bench-token"
+LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+STARTED = re.compile(r"worker \S+ reading ")
+KEYS = Keys()
+CEILING_GROUP = "bench-ceiling"
+EXECUTIONS = 16  # executions the load is spread over (bodies of one execution go one at a time)
+TICK_S = 0.02  # the latency producer's pacing step
+RUN_BUDGET_S = 180.0  # no worker run may take longer than this, whatever the sizes say
+FAULTS = ["--fail-rate", "0.05", "--throttle-rate", "0.02", "--retry-after", "0", "--seed", "8"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    runs: int = 3
+    single_points: int = 200_000
+    packed_points: int = 1_000_000
+    points_per_entry: int = 200
+    memory_points: tuple[int, ...] = (1_000_000,)
+    baseline_points: int = 3000
+    latency_seconds: float = 8.0
+    fault_points: int = 200_000
+
+
+STANDARD = Sizes()
+FULL = replace(STANDARD, memory_points=(1_000_000, 5_000_000), latency_seconds=20.0)
+TINY = Sizes(
+    runs=1,
+    single_points=400,
+    packed_points=2000,
+    points_per_entry=100,
+    memory_points=(2000,),
+    baseline_points=20,
+    latency_seconds=1.0,
+    fault_points=400,
+)
+
+
+# --- the processes -----------------------------------------------------------------------------
+
+
+def _drain_lines(stream: Any, lines: queue.Queue[str]) -> None:
+    for line in stream:
+        lines.put(line)
+
+
+@dataclass
+class Api:
+    url: str
+    pid: int
+
+    def cpu(self) -> float:
+        return _proc_cpu(self.pid)
+
+
+@contextmanager
+def api_process(*extra: str) -> Iterator[Api]:
+    """``metricrelay api`` (in-memory SQLite) on a free loopback port, with its pid."""
+    command = [sys.executable, "-m", "metricrelay", "api", "--port", "0", "--token", TOKEN]
+    process = subprocess.Popen([*command, *extra], stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_drain_lines, args=(process.stderr, lines), daemon=True).start()
+    try:
+        while not (match := LISTENING.search(lines.get(timeout=30))):
+            pass
+        yield Api(match.group(1), process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+
+
+@contextmanager
+def api_server(*extra: str) -> Iterator[str]:
+    """``metricrelay api`` (in-memory SQLite) on a free loopback port; yields its URL."""
+    with api_process(*extra) as api:
+        yield api.url
+
+
+@dataclass
+class WorkerProcess:
+    """One ``metricrelay worker`` child; ``started``/``cpu_at_start`` once it logged its start."""
+
+    process: subprocess.Popen[str]
+    lines: queue.Queue[str]
+    started: float = 0.0
+    cpu_at_start: float = 0.0
+
+    def wait_started(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not STARTED.search(self.lines.get(timeout=max(0.1, deadline - time.monotonic()))):
+            pass
+        self.started = time.perf_counter()
+        self.cpu_at_start = _proc_cpu(self.process.pid)
+
+    def reap(self, timeout: float) -> tuple[float, float, int]:
+        """Wait for exit: (when, CPU seconds since start, peak RSS bytes from rusage)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            # os.wait4 both reaps and gives this child's own rusage; poll with WNOHANG so a hung
+            # worker cannot hang the benchmark past its budget.
+            pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
+            if pid:
+                ended = time.perf_counter()
+                self.process.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > deadline:
+                self.process.kill()
+                raise RuntimeError("worker did not finish within its budget")
+            time.sleep(0.005)  # polling a child's exit, bounded by the deadline
+        if self.process.returncode != 0:
+            raise RuntimeError(f"worker exited with {self.process.returncode}")
+        cpu = usage.ru_utime + usage.ru_stime - self.cpu_at_start
+        return ended, cpu, usage.ru_maxrss * 1024  # Linux: kilobytes
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _vm_hwm(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def start_worker(redis_url: str, api_url: str, name: str, *, burst: bool) -> WorkerProcess:
+    env = {
+        **os.environ,
+        "METRICRELAY_REDIS_URL": redis_url,
+        "METRICRELAY_API_URL": f"{api_url}/v2",
+        "METRICRELAY_TOKEN": TOKEN,
+        "METRICRELAY_CONSUMER_NAME": name,
+    }
+    command = [sys.executable, "-m", "metricrelay", "worker", *(["--burst"] if burst else [])]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_drain_lines, args=(process.stderr, lines), daemon=True).start()
+    return WorkerProcess(process, lines)
+
+
+# --- the load ----------------------------------------------------------------------------------
+
+
+def _entry(execution: str, first_step: int, points: int) -> bytes:
+    metrics = [
+        {
+            "name": "training_loss",
+            "value": 1.0 / (step + 1),
+            "step": step,
+            "timestamp": "2026-11-23T12:00:00.123456Z",
+        }
+        for step in range(first_step, first_step + points)
+    ]
+    return orjson.dumps({"executionId": execution, "metrics": metrics})
+
+
+def fill(client: redis.Redis, tag: str, points: int, per_entry: int) -> int:
+    """A fresh stream of ``points`` points in entries of ``per_entry``; the group and the ceiling
+    group are created first, from 0, so both see every entry. Returns the number of entries."""
+    client.delete(KEYS.events)
+    client.xgroup_create(KEYS.events, KEYS.group, id="0", mkstream=True)
+    client.xgroup_create(KEYS.events, CEILING_GROUP, id="0")
+    entries = points // per_entry
+    pipe = client.pipeline(transaction=False)
+    for number in range(entries):
+        execution = f"bench-{tag}-{number % EXECUTIONS:02d}"
+        pipe.xadd(KEYS.events, {"resource": _entry(execution, number * per_entry, per_entry)})
+        if len(pipe) >= 1000:
+            pipe.execute()
+    pipe.execute()
+    return entries
+
+
+async def _ceiling(url: str, entries: int) -> tuple[float, float]:
+    """The bare loop over the ceiling group: (elapsed seconds, entries read)."""
+    client = redis_asyncio.Redis.from_url(url)
+    done = 0
+    started = time.perf_counter()
+    while done < entries and time.perf_counter() - started < RUN_BUDGET_S:
+        reply = await client.xreadgroup(CEILING_GROUP, "c", {KEYS.events: ">"}, count=1000)
+        if not reply:
+            break
+        rows = reply[0][1]
+        for _, fields in rows:
+            orjson.loads(fields[b"resource"])
+        await client.xack(KEYS.events, CEILING_GROUP, *[entry_id for entry_id, _ in rows])
+        done += len(rows)
+    elapsed = time.perf_counter() - started
+    await client.aclose()
+    return elapsed, done
+
+
+def drain_with_workers(server: RedisServer, api: str, tag: str, workers: int) -> dict[str, float]:
+    """Run ``workers`` burst workers over the filled stream; rates, CPU and peak RSS."""
+    children = [start_worker(server.url, api, f"{tag}-w{n}", burst=True) for n in range(workers)]
+    for child in children:
+        child.wait_started()
+    reaped = [child.reap(RUN_BUDGET_S) for child in children]
+    started = min(child.started for child in children)
+    elapsed = max(ended for ended, _, _ in reaped) - started
+    return {
+        "seconds": elapsed,
+        "cpu_seconds": sum(cpu for _, cpu, _ in reaped),
+        "peak_rss": max(rss for _, _, rss in reaped),
+    }
+
+
+# --- the scenarios -----------------------------------------------------------------------------
+
+
+def throughput(
+    server: RedisServer, sizes: Sizes, points: int, per_entry: int, *extra: str, workers: int = 1
+) -> list[dict[str, float]]:
+    """RUNS runs of the worker (and the ceiling, over the same entries) on a fresh stream each."""
+    client = redis.Redis.from_url(server.url)
+    rows = []
+    with api_process(*extra) as process:
+        api = process.url
+        for run in range(sizes.runs):
+            tag = f"{per_entry}-{workers}-{run}-{time.time_ns() % 10**6}"
+            entries = fill(client, tag, points, per_entry)
+            api_cpu = process.cpu()
+            got = drain_with_workers(server, api, tag, workers)
+            api_cpu = process.cpu() - api_cpu  # the server's CPU while the worker ran
+            if client.xpending(KEYS.events, KEYS.group)["pending"]:
+                raise RuntimeError("the worker left entries pending")
+            seconds, read = asyncio.run(_ceiling(server.url, entries))
+            rows.append(
+                {
+                    "points_per_s": points / got["seconds"],
+                    "entries_per_s": entries / got["seconds"],
+                    "cpu_us_per_point": 1e6 * got["cpu_seconds"] / points,
+                    "peak_rss_mb": got["peak_rss"] / 2**20,
+                    "api_cpu_us_per_point": 1e6 * api_cpu / points,
+                    "ceiling_entries_per_s": read / seconds,
+                }
+            )
+            asyncio.run(_delete_executions(api, tag))
+    client.delete(KEYS.events)
+    return rows
+
+
+async def _delete_executions(api: str, tag: str) -> None:
+    """Keep the in-memory server small between runs."""
+    async with aiohttp.ClientSession(headers=_headers()) as session:
+        for number in range(EXECUTIONS):
+            params = {"executionId": f"bench-{tag}-{number:02d}"}
+            async with session.delete(f"{api}/v2/lm/metrics", params=params) as response:
+                await response.read()
+
+
+def _headers() -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {TOKEN}",
+        "AI-Resource-Group": "default",
+        "Content-Type": "application/merge-patch+json",
+    }
+
+
+async def _baseline(api: str, points: int, run: int) -> float:
+    """One PATCH per point, one after another, as per-log-call SDK use does; points/s."""
+    async with aiohttp.ClientSession(headers=_headers()) as session:
+        started = time.perf_counter()
+        sent = 0
+        for step in range(points):
+            body = _entry(f"bench-baseline-{run}", step, 1)
+            async with session.patch(f"{api}/v2/lm/metrics", data=body) as response:
+                await response.read()
+                if response.status != 204:
+                    raise RuntimeError(f"PATCH answered {response.status}")
+            sent += 1
+            if time.perf_counter() - started > RUN_BUDGET_S / 4:
+                break
+        return sent / (time.perf_counter() - started)
+
+
+def baseline(sizes: Sizes) -> list[float]:
+    with api_server() as api:
+        return [
+            asyncio.run(_baseline(api, sizes.baseline_points, run)) for run in range(sizes.runs)
+        ]
+
+
+# a probe is tagged so that one GET (tagFilters=probe) finds them all
+_PROBE = (
+    b'{"executionId":"%s","metrics":[{"name":"probe","value":1}],'
+    b'"tags":[{"name":"probe","value":"1"}]}'
+)
+
+
+def latency_run(
+    server: RedisServer, api: str, rate: float, seconds: float, run: int
+) -> list[float]:
+    """Produce single-point entries at ``rate`` for ``seconds`` into EXECUTIONS executions, plus
+    one probe per tick: a single-point entry in an execution of its own. A probe's latency is the
+    API's ``createdAt`` of its execution (the server's wall clock when that PATCH was handled)
+    minus the wall clock just before its XADD was sent. Probes are the worst case of the
+    load: alone in their body, they always wait the full linger. Returns latencies in seconds."""
+    client = redis.Redis.from_url(server.url)
+    client.delete(KEYS.events)
+    child = start_worker(server.url, api, f"latency-{run}", burst=False)
+    child.wait_started()
+    produced: dict[str, float] = {}
+    per_tick = max(1, round(rate * TICK_S))
+    started = time.perf_counter()
+    step = 0
+    tick = 0
+    while time.perf_counter() - started < seconds:
+        pipe = client.pipeline(transaction=False)
+        for _ in range(per_tick):
+            execution = f"bench-lat{run}-{step % EXECUTIONS:02d}"
+            pipe.xadd(KEYS.events, {"resource": _entry(execution, step, 1)})
+            step += 1
+        probe = f"probe-{run}-{tick:05d}"
+        pipe.xadd(KEYS.events, {"resource": _PROBE % probe.encode()})
+        produced[probe] = time.time()
+        pipe.execute()
+        tick += 1
+        pause = started + tick * TICK_S - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)  # pacing the producer to the target rate
+    achieved = step / (time.perf_counter() - started)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        group = next(
+            g for g in client.xinfo_groups(KEYS.events) if g["name"] == KEYS.group.encode()
+        )
+        if not group["pending"] and not group.get("lag"):
+            break
+        time.sleep(0.05)  # polling for the backlog to be delivered, bounded by the deadline
+    child.process.send_signal(signal.SIGTERM)
+    child.reap(60)
+    stored = asyncio.run(_created_at(api))
+    if achieved < rate * 0.5:
+        print(f"  (latency producer reached only {achieved:,.0f}/s of {rate:,.0f}/s)")
+    return [stored[probe] - at for probe, at in produced.items() if probe in stored]
+
+
+async def _created_at(api: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    params = {"tagFilters": "probe", "$select": "tags", "$top": "10000"}
+    async with (
+        aiohttp.ClientSession(headers=_headers()) as session,
+        session.get(f"{api}/v2/lm/metrics", params=params) as response,
+    ):
+        for resource in (await response.json())["resources"]:
+            created = datetime.fromisoformat(resource["createdAt"].replace("Z", "+00:00"))
+            out[resource["executionId"]] = created.astimezone(UTC).timestamp()
+    return out
+
+
+def latency(server: RedisServer, sizes: Sizes, rate: float) -> list[list[float]]:
+    runs = []
+    for run in range(sizes.runs):
+        with api_server() as api:  # a fresh server: GET lists only this run's resources
+            runs.append(latency_run(server, api, rate, sizes.latency_seconds, run))
+    return runs
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def column(rows: list[dict[str, float]], name: str) -> dict[str, float]:
+    return spread([row[name] for row in rows])
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+def measure(sizes: Sizes) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with RedisServer() as server:
+        print("single-point entries ...", flush=True)
+        single = throughput(server, sizes, sizes.single_points, 1)
+        print("packed entries ...", flush=True)
+        packed = throughput(server, sizes, sizes.packed_points, sizes.points_per_entry)
+        out["single"] = {k: column(single, k) for k in single[0]}
+        out["packed"] = {k: column(packed, k) for k in packed[0]}
+        out["single"]["worker_over_ceiling"] = spread(
+            [r["entries_per_s"] / r["ceiling_entries_per_s"] for r in single]
+        )
+        out["packed"]["worker_over_ceiling"] = spread(
+            [r["entries_per_s"] / r["ceiling_entries_per_s"] for r in packed]
+        )
+        print("baseline: one PATCH per point ...", flush=True)
+        out["baseline_points_per_s"] = spread(baseline(sizes))
+        out["memory"] = {}
+        for points in sizes.memory_points:
+            print(f"memory: {points:,}-point packed backlog ...", flush=True)
+            rows = packed if points == sizes.packed_points else None
+            if rows is None:
+                rows = throughput(server, sizes, points, sizes.points_per_entry)
+            out["memory"][str(points)] = column(rows, "peak_rss_mb")
+        rate = out["single"]["points_per_s"]["median"] / 2
+        print(f"latency at {rate:,.0f} points/s ...", flush=True)
+        lat = latency(server, sizes, rate)
+        out["latency"] = {
+            "rate_points_per_s": rate,
+            "probes": sum(len(r) for r in lat),
+            "p50_ms": spread([1000 * percentile(r, 0.5) for r in lat]),
+            "p99_ms": spread([1000 * percentile(r, 0.99) for r in lat]),
+        }
+        print("scale: 2 worker processes ...", flush=True)
+        two = throughput(server, sizes, sizes.single_points, 1, workers=2)
+        out["two_workers"] = {k: column(two, k) for k in two[0]}
+        print("under faults ...", flush=True)
+        faulty = throughput(server, sizes, sizes.fault_points, 1, *FAULTS)
+        out["faults"] = {k: column(faulty, k) for k in faulty[0]}
+    single_rate = out["single"]["points_per_s"]["median"]
+    out["ratios"] = {
+        "single_over_baseline": single_rate / out["baseline_points_per_s"]["median"],
+        "packed_over_baseline": out["packed"]["points_per_s"]["median"]
+        / out["baseline_points_per_s"]["median"],
+        "two_over_one_worker": out["two_workers"]["points_per_s"]["median"] / single_rate,
+        "faults_over_no_faults": out["faults"]["points_per_s"]["median"] / single_rate,
+    }
+    return out
+
+
+def print_table(out: dict[str, Any]) -> None:
+    def row(label: str, cell: dict[str, float]) -> None:
+        digits = 3 if cell["median"] < 10 else 1  # ratios and CPU µs need more than one digit
+        print(
+            f"{label:44} {cell['median']:12,.{digits}f} {cell['min']:12,.{digits}f} "
+            f"{cell['max']:12,.{digits}f}"
+        )
+
+    print(f"{'measure':44} {'median':>12} {'min':>12} {'max':>12}")
+    for kind in ("single", "packed"):
+        names = ("points_per_s", "entries_per_s", "cpu_us_per_point", "api_cpu_us_per_point")
+        for name in (*names, "peak_rss_mb"):
+            row(f"{kind}: {name}", out[kind][name])
+        row(f"{kind}: raw ceiling entries_per_s", out[kind]["ceiling_entries_per_s"])
+        row(f"{kind}: worker / ceiling (entries)", out[kind]["worker_over_ceiling"])
+    row("baseline: one PATCH per point, points/s", out["baseline_points_per_s"])
+    for points, cell in out["memory"].items():
+        row(f"peak RSS MB, {int(points):,}-point packed backlog", cell)
+    lat = out["latency"]
+    row(f"latency p50 ms at {lat['rate_points_per_s']:,.0f}/s", lat["p50_ms"])
+    row(f"latency p99 ms ({lat['probes']} probes)", lat["p99_ms"])
+    row("2 workers: points_per_s", out["two_workers"]["points_per_s"])
+    row("faults (5% 503, 2% 429): points_per_s", out["faults"]["points_per_s"])
+    row("faults: cpu_us_per_point", out["faults"]["cpu_us_per_point"])
+    print("ratios: " + ", ".join(f"{k} x{v:.2f}" for k, v in out["ratios"].items()))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench worker")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="5M-point backlog, longer latency run")
+    size.add_argument(
+        "--tiny", action="store_true", help="smoke size (tests); figures mean nothing"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
+    args = parser.parse_args(argv)
+    sizes = TINY if args.tiny else FULL if args.full else STANDARD
+    out = measure(sizes)
+    print_table(out)
+    machine = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "runs": sizes.runs,
+        "sizes": sizes.__dict__,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, **out}, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
