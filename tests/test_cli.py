@@ -78,3 +78,10 @@ def test_demo_keep_stays_up_until_ctrl_c_and_then_stops_everything(tmp_path: Pat
     assert process.returncode == 130, err.decode()
     log = (tmp_path / "d" / "worker-1.log").read_text()
     assert "worker stopped" in log  # the worker was drained and stopped, not left behind
+
+
+def test_demo_with_a_relative_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # what `make run` does: --dir .demo, relative to the checkout
+    argv = ["demo", "--executions", "1", "--ranks", "1", "--steps", "10", "--step-ms", "0"]
+    assert main([*argv, "--dir", ".demo"]) == 0
+    assert (tmp_path / ".demo" / "redis" / "redis.log").exists()

@@ -46,7 +46,10 @@ class RedisServer:
 
     def __init__(self, directory: Path | None = None, appendonly: str | None = None) -> None:
         self._own_dir = directory is None
-        self.directory = directory or Path(tempfile.mkdtemp(prefix="metricrelay-redis-"))
+        # absolute: redis-server enters --dir before opening --logfile relative to it
+        self.directory = (
+            directory or Path(tempfile.mkdtemp(prefix="metricrelay-redis-"))
+        ).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
         self.port = 0
