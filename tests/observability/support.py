@@ -49,7 +49,8 @@ async def open_observed_worker(
 async def get(endpoints: Endpoints, path: str) -> tuple[int, str, str]:
     """status, content type header and text of GET ``path`` on the listener."""
     url = f"http://127.0.0.1:{endpoints.port}{path}"
-    async with aiohttp.ClientSession() as session, session.get(url) as reply:
+    timeout = aiohttp.ClientTimeout(total=30)  # a stuck listener fails the test, never hangs it
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as reply:
         return reply.status, reply.headers.get("Content-Type", ""), await reply.text()
 
 
