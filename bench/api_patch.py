@@ -13,14 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
-import queue
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +26,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.worker import TOKEN, api_process
 from metricrelay.codec import RESOURCE_ADAPTER
 
 RESULTS = Path(__file__).parent / "results" / "api_patch.json"
@@ -38,8 +34,6 @@ RUNS = 3
 BODIES = 120  # per run: 120,000 points
 BUDGET_S = 20.0  # per run, whatever BODIES says
 POINTS_PER_BODY = 1000
-TOKEN = "bench-token"
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 
 
 @dataclass(frozen=True)
@@ -80,25 +74,9 @@ def make_bodies(run: int) -> list[bytes]:
 
 @contextmanager
 def server(db: str) -> Iterator[str]:
-    """``metricrelay api`` on a free loopback port; yields its URL; SIGTERM at the end."""
-    command = [sys.executable, "-m", "metricrelay", "api", "--port", "0", "--token", TOKEN]
-    command += ["--db", db]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    assert process.stderr is not None
-    stream = process.stderr
-    threading.Thread(target=lambda: [lines.put(ln) for ln in stream], daemon=True).start()
-    try:
-        while not (match := LISTENING.search(lines.get(timeout=30))):
-            pass
-        yield match.group(1)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
+    """``metricrelay api`` on a free loopback port (bench/worker.py starts it); yields its URL."""
+    with api_process("--db", db) as api:
+        yield api.url
 
 
 async def send_all(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, list[float]]:

@@ -56,21 +56,24 @@ def _dump(document: Any) -> None:
     sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _collect(args: argparse.Namespace, settings: Settings) -> tuple[int, list[dict[str, Any]]]:
-    """The selected dead letters as summaries (their resources are not kept: memory stays small
-    however large the letters are)."""
+def _collect(args: argparse.Namespace) -> tuple[int, Settings | None, list[dict[str, Any]]]:
+    """Settings, and the selected dead letters as summaries (their resources are not kept:
+    memory stays small however large the letters are); a non-zero code on any error."""
+    settings = settings_or_exit(args)
+    if settings is None:
+        return EXIT_ERROR, None, []
     try:
         flt = build_filter(args)
     except ValueError as exc:
         print(f"metricrelay dead: {exc}", file=sys.stderr)
-        return EXIT_ERROR, []
+        return EXIT_ERROR, None, []
     keys = Keys(settings.prefix)
 
     async def main(client: Any) -> list[dict[str, Any]]:
         return [record_json(record) async for record in DeadScan(client, keys, flt).records()]
 
     code, summaries = run_with_redis(settings, args.timeout, main)
-    return code, summaries or []
+    return code, settings, summaries or []
 
 
 def _short(text: str) -> str:
@@ -79,12 +82,9 @@ def _short(text: str) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    settings = settings_or_exit(args)
-    if settings is None:
-        return EXIT_ERROR
-    code, summaries = _collect(args, settings)
-    if code:
-        return code
+    code, settings, summaries = _collect(args)
+    if code or settings is None:
+        return code or EXIT_ERROR
     if args.json:
         _dump(summaries)
         return 0
@@ -181,12 +181,9 @@ def _confirmed(count: int, key: str) -> bool:
 
 
 def run_purge(args: argparse.Namespace) -> int:
-    settings = settings_or_exit(args)
-    if settings is None:
-        return EXIT_ERROR
-    code, summaries = _collect(args, settings)
-    if code:
-        return code
+    code, settings, summaries = _collect(args)
+    if code or settings is None:
+        return code or EXIT_ERROR
     keys = Keys(settings.prefix)
     if not summaries:
         print("no dead letters match: nothing to purge", file=sys.stderr)
