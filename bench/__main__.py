@@ -11,6 +11,7 @@ STANDARD: tuple[str, ...] = (
     "bench.producer",
     "bench.api_patch",
     "bench.worker",
+    "bench.cluster",
 )
 
 

@@ -518,17 +518,25 @@ def main(argv: list[str]) -> int:
     sizes = TINY if args.tiny else FULL if args.full else STANDARD
     out = measure(sizes)
     print_table(out)
-    machine = {
+    write_results(args.out, sizes.runs, sizes.__dict__, out)
+    return 0
+
+
+def write_results(
+    path: Path, runs: int, sizes: dict[str, Any], out: dict[str, Any], **machine: Any
+) -> None:
+    """``out`` as JSON under a description of the machine and the sizes measured."""
+    described = {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "runs": sizes.runs,
-        "sizes": sizes.__dict__,
+        "runs": runs,
+        "sizes": sizes,
+        **machine,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, **out}, indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": described, **out}, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bench import worker
+from bench import cluster, worker
 
 pytestmark = pytest.mark.integration  # starts redis-server, the reference API and workers
 
@@ -21,3 +21,20 @@ def test_worker_bench_runs_at_tiny_size(tmp_path: Path) -> None:
     assert result["baseline_points_per_s"]["median"] > 0
     assert result["latency"]["probes"] > 0
     assert set(result["ratios"]) >= {"single_over_baseline", "faults_over_no_faults"}
+
+
+def test_cluster_bench_runs_at_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "cluster.json"
+    assert cluster.main(["--tiny", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["machine"]["runs"] == 1
+    assert result["machine"]["sizes"]["shards"] == 8
+    assert set(result["workers"]) == {"1", "2", "3"}
+    for k, summary in result["workers"].items():
+        assert summary["points_per_s"]["median"] > 0
+        assert summary["work_points_per_s"]["median"] > 0
+        assert summary["worker_cpu_us_per_point"]["median"] >= 0
+        assert summary["ratio_to_one"] > 0
+        (run,) = summary["runs"]
+        assert len(run["shards_taken"]) == int(k)
+    assert result["extrapolation"]["one_worker_on_own_core_points_per_s"] > 0

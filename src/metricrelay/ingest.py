@@ -2,7 +2,8 @@
 
 A job that already logs with SAP's SDK in in-cluster mode gets durable, retried, coalesced
 delivery by pointing ``AICORE_TRACKING_ENDPOINT`` here: no code change. 204 means the body is
-in Redis (XADD returned); 400 carries the contract's error body, naming every bad item.
+in Redis (XADD returned); 400 carries the contract's error body, naming every bad item. Each body
+goes to the event stream of its execution's shard (``Keys.route``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 from metricrelay.api.body import check_content_type, read_body
 from metricrelay.api.errors import ApiError, bad_request, error_middleware
 from metricrelay.codec import decode_entry
+from metricrelay.connection import REDIS_UNAVAILABLE
 from metricrelay.keys import Keys
 from metricrelay.models import RESOURCE_GROUP_PATTERN
 
@@ -79,9 +81,13 @@ async def _append(request: web.Request, group: str) -> web.Response:
     if not isinstance(document, dict):  # pragma: no cover - decode_entry refused it already
         raise bad_request("the body must be a JSON object")
     document["resourceGroup"] = group
+    # decode_entry refused a body without a valid executionId (400 above), so every body that
+    # gets here is routable: no shard-0 fall-back is needed.
+    assert decoded.fragment is not None
+    stream = config.keys.route(group, decoded.fragment.execution_id).events
     try:
-        await request.app[_REDIS].xadd(config.keys.events, {"resource": orjson.dumps(document)})
-    except RedisError as exc:
+        await request.app[_REDIS].xadd(stream, {"resource": orjson.dumps(document)})
+    except (RedisError, *REDIS_UNAVAILABLE) as exc:
         log.error("could not append to the stream: %s", exc)
         raise ApiError(503, "the metrics queue is unavailable; retry later") from exc
     return web.Response(status=204)

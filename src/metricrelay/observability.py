@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
@@ -16,7 +16,22 @@ from metricrelay.deadletter import Reason
 
 if TYPE_CHECKING:
     from metricrelay.stream import GroupInfo
-    from metricrelay.worker import Worker
+
+
+class Watched(Protocol):
+    """What the gauges read: a worker, or the fleet of a sharded worker process."""
+
+    @property
+    def held_bytes(self) -> int: ...
+    @property
+    def memory_budget(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def shards_owned(self) -> int: ...
+
 
 __all__ = ["LATENCY_BUCKETS", "LOOP_LAG_BUCKETS", "ApiContact", "WorkerMetrics"]
 
@@ -104,6 +119,12 @@ class WorkerMetrics:
         self.events_trimmed = counter(
             "metricrelay_events_trimmed", "Acknowledged entries deleted (XTRIM)."
         )
+        self.events_misrouted = counter(
+            "metricrelay_events_misrouted",
+            "Entries found in another shard than their execution routes to (a producer that "
+            "does not follow the routing rule, or another shard count): delivered, but their "
+            "order against the execution's other entries is not kept.",
+        )
         self.points_sent = counter("metricrelay_points_sent", "Metric points the API accepted.")
         self.bodies = counter(
             "metricrelay_bodies", "PATCH bodies closed, by why they closed.", "reason"
@@ -175,7 +196,7 @@ class WorkerMetrics:
         self.group_lag.set(math.nan)
         self.group_pending.set(math.nan)
 
-    def watch(self, worker: Worker, tokens: object) -> None:
+    def watch(self, worker: Watched, tokens: object) -> None:
         """Gauges read from the worker at scrape time (attribute reads, nothing on the hot path)."""
         r = self.registry
         held = Gauge(
@@ -189,19 +210,25 @@ class WorkerMetrics:
             "Held bytes at which the worker stops reading.",
             registry=r,
         )
-        budget.set(worker.config.memory_budget_bytes)
+        budget.set(worker.memory_budget)
         in_flight = Gauge(
             "metricrelay_deliveries_in_flight",
             "Bodies being delivered (requests, backoff waits, splits), one per execution at most.",
             registry=r,
         )
-        in_flight.set_function(lambda: worker.scheduler.in_flight)
+        in_flight.set_function(lambda: worker.in_flight)
         queued = Gauge(
             "metricrelay_bodies_queued",
             "Closed bodies waiting for their execution's turn or a free slot.",
             registry=r,
         )
-        queued.set_function(lambda: worker.scheduler.queued)
+        queued.set_function(lambda: worker.queued)
+        owned = Gauge(
+            "metricrelay_shards_owned",
+            "Event-stream shards this worker holds the lease of (1 with a single shared stream).",
+            registry=r,
+        )
+        owned.set_function(lambda: worker.shards_owned)
         r.register(_TokenCollector(tokens))
 
     # ------------------------------------------------------------------ fed by the worker
@@ -220,6 +247,7 @@ class WorkerMetrics:
             "entries_read": self.events_read,
             "entries_acked": self.events_acked,
             "reclaimed": self.events_reclaimed,
+            "entries_misrouted": self.events_misrouted,
             "trimmed": self.events_trimmed,
             "points_sent": self.points_sent,
             "retries": self.retries,

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from metricrelay import progress
+from metricrelay.connection import async_client, sync_client
 from metricrelay.keys import Keys
 from metricrelay.models import MAX_CUSTOM_INFO_BYTES
 from metricrelay.packing import Marker, Metric, Named, pack
@@ -59,6 +60,8 @@ class EmitterConfig:
         redis_url: str | None = None,
         resource_group: str | None = None,
         prefix: str | None = None,
+        shards: int | None = None,
+        cluster: bool | None = None,
         flush_interval: float = 0.2,
         max_buffer_bytes: int = 64 * 1024 * 1024,
         policy: Policy = "block",
@@ -87,7 +90,15 @@ class EmitterConfig:
             or source.get("AICORE_RESOURCE_GROUP")
             or "default"
         )
-        self.keys = Keys(prefix or source.get("METRICRELAY_PREFIX", "metricrelay"))
+        count = shards or int(source.get("METRICRELAY_SHARDS") or 1)
+        layout = Keys(prefix or source.get("METRICRELAY_PREFIX", "metricrelay"), count)
+        # one execution, one shard: everything this emitter writes goes to one stream, in order
+        self.keys = layout.route(self.resource_group, self.execution_id)
+        self.cluster = (
+            cluster
+            if cluster is not None
+            else source.get("METRICRELAY_CLUSTER", "").lower() in ("1", "true", "yes", "on")
+        )
         if policy not in ("block", "drop"):
             raise ValueError("policy must be 'block' or 'drop'")
         self.flush_interval = flush_interval
@@ -302,10 +313,10 @@ class Emitter(_Core):
     ) -> None:
         import atexit  # noqa: PLC0415
 
-        import redis  # noqa: PLC0415
-
         super().__init__(EmitterConfig(execution_id, **options))
-        self._redis = redis.Redis.from_url(self.config.redis_url, socket_timeout=5)
+        self._redis = sync_client(
+            self.config.redis_url, cluster=self.config.cluster, socket_timeout=5
+        )
         self._wakeup = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="metricrelay-emitter", daemon=True)
@@ -386,9 +397,7 @@ def wait_delivered_sync(
     works even where the caller's thread already runs an event loop (notebooks)."""
 
     async def check() -> DeliveryReport:
-        import redis.asyncio as redis_asyncio  # noqa: PLC0415
-
-        client = redis_asyncio.Redis.from_url(config.redis_url)
+        client = async_client(config.redis_url, cluster=config.cluster)
         try:
             return await progress.wait_delivered(
                 client,
@@ -409,10 +418,10 @@ class AsyncEmitter(_Core):
     """For asyncio training loops: ``log_*`` are plain calls; a task writes."""
 
     def __init__(self, execution_id: str | None = None, **options: Any) -> None:
-        import redis.asyncio as redis_asyncio  # noqa: PLC0415
-
         super().__init__(EmitterConfig(execution_id, **options))
-        self._redis = redis_asyncio.Redis.from_url(self.config.redis_url, socket_timeout=5)
+        self._redis = async_client(
+            self.config.redis_url, cluster=self.config.cluster, socket_timeout=5
+        )
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 

@@ -1,7 +1,8 @@
 """Per-execution delivery progress: what the worker publishes, and the producer's barrier.
 
-The worker keeps a hash ``<prefix>:progress:<resourceGroup>:<executionId>`` whose counters it
-raises in the same MULTI/EXEC as the XACK that finishes a body, so the counts and the
+The worker keeps a hash per execution (``keys.py``: ``<prefix>:progress:{<shard>}:<resourceGroup>:
+<executionId>``) whose counters it raises in the same atomic script as the XACK that finishes a
+body, so the counts and the
 acknowledgements never disagree: ``points_accepted``, ``points_dead_<reason>`` and
 ``items_invalid``. The hash expires a week after its last change.
 
@@ -19,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from metricrelay.keys import Keys
+from metricrelay.keys import Keys, ShardKeys
 
-__all__ = ["PROGRESS_TTL_S", "DeliveryReport", "add_progress", "wait_delivered"]
+__all__ = ["PROGRESS_TTL_S", "DeliveryReport", "ack_with_progress", "wait_delivered"]
 
 PROGRESS_TTL_S: Final = 7 * 24 * 3600
 _POLL_S: Final = 0.05
@@ -44,16 +45,49 @@ class DeliveryReport:
         return {k[len(prefix) :]: v for k, v in self.totals.items() if k.startswith(prefix)}
 
 
-def add_progress(
-    pipe: Any, keys: Keys, counts: Mapping[tuple[str, str], Mapping[str, int]]
-) -> None:
-    """Queue the counter increments on ``pipe`` (the worker's acknowledging transaction)."""
+# XACK and the counter increments as one script: atomic like MULTI/EXEC, and also on a Redis
+# Cluster, where every key given is in the shard's slot (keys.py) and redis-py's cluster
+# transactions are not usable from asyncio (they run each command on a thread of their own).
+# KEYS: the stream, then the progress hashes. ARGV: group, TTL, n, n ids, then per hash the
+# number of (field, amount) pairs and the pairs.
+_ACK_AND_COUNT: Final = """
+local n = tonumber(ARGV[3])
+local acked = 0
+for first = 4, 3 + n, 1000 do
+  local last = math.min(3 + n, first + 999)
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, first, last))
+end
+local at = 4 + n
+for k = 2, #KEYS do
+  local count = tonumber(ARGV[at])
+  at = at + 1
+  for _ = 1, count do
+    redis.call('HINCRBY', KEYS[k], ARGV[at], ARGV[at + 1])
+    at = at + 2
+  end
+  redis.call('EXPIRE', KEYS[k], ARGV[2])
+end
+return acked
+"""
+
+
+async def ack_with_progress(
+    redis: Any,
+    keys: Keys | ShardKeys,
+    ids: Sequence[str],
+    counts: Mapping[tuple[str, str], Mapping[str, int]],
+) -> int:
+    """XACK ``ids`` and raise the per-execution counters in one atomic step; the count acked."""
+    hashes: list[str] = []
+    args: list[str | int] = [keys.group, PROGRESS_TTL_S, len(ids), *ids]
     for (group, execution), fields in counts.items():
-        key = keys.progress(group, execution)
-        for name, amount in fields.items():
-            if amount:
-                pipe.hincrby(key, name, amount)
-        pipe.expire(key, PROGRESS_TTL_S)
+        hashes.append(keys.progress(group, execution))
+        raised = [(name, amount) for name, amount in fields.items() if amount]
+        args.append(len(raised))
+        for name, amount in raised:
+            args += [name, amount]
+    acked = await redis.eval(_ACK_AND_COUNT, 1 + len(hashes), keys.events, *hashes, *args)
+    return int(acked)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -65,7 +99,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def _all_acknowledged(client: Any, keys: Keys, ids: Sequence[str]) -> bool:
+async def _all_acknowledged(client: Any, keys: Keys | ShardKeys, ids: Sequence[str]) -> bool:
     """Every id delivered to the group at least once, and none of them pending any more."""
     try:
         groups = await client.xinfo_groups(keys.events)
@@ -91,7 +125,7 @@ async def _all_acknowledged(client: Any, keys: Keys, ids: Sequence[str]) -> bool
 
 async def wait_delivered(
     client: Any,
-    keys: Keys,
+    keys: Keys | ShardKeys,
     resource_group: str,
     execution_id: str,
     ids: Sequence[str],

@@ -23,11 +23,20 @@ Key = tuple[str, str]
 
 
 class KeyedScheduler:
-    def __init__(self, limit: int, run: Callable[[Body], Coroutine[Any, Any, None]]) -> None:
+    """``slots``, when given, is a limit shared with other schedulers (one per shard in a
+    worker process): a body holds one of them while it is delivered."""
+
+    def __init__(
+        self,
+        limit: int,
+        run: Callable[[Body], Coroutine[Any, Any, None]],
+        slots: asyncio.Semaphore | None = None,
+    ) -> None:
         if limit < 1:
             raise ValueError("the concurrency limit must be at least 1")
         self.limit = limit
         self._run = run
+        self._slots = slots
         self._queues: dict[Key, deque[Body]] = {}
         self._waiting: deque[Key] = deque()  # keys with work, no task, waiting for a slot
         self._tasks: dict[Key, asyncio.Task[None]] = {}
@@ -80,9 +89,16 @@ class KeyedScheduler:
         while not self._closed and self._waiting and len(self._tasks) < self.limit:
             key = self._waiting.popleft()
             body = self._queues[key].popleft()
-            task = asyncio.create_task(self._run(body), name=f"deliver {key[0]}/{key[1]}")
+            task = asyncio.create_task(self._guarded(body), name=f"deliver {key[0]}/{key[1]}")
             self._tasks[key] = task
             task.add_done_callback(lambda done, key=key: self._finished(key, done))  # type: ignore[misc]
+
+    async def _guarded(self, body: Body) -> None:
+        if self._slots is None:
+            await self._run(body)
+            return
+        async with self._slots:
+            await self._run(body)
 
     def _finished(self, key: Key, task: asyncio.Task[None]) -> None:
         if self._tasks.get(key) is task:

@@ -11,20 +11,24 @@ import gc
 import logging
 import signal
 from contextlib import AsyncExitStack
+from dataclasses import replace
+from typing import Any
 
 import aiohttp
-import redis.asyncio as redis_asyncio
 
-from metricrelay.auth import build_token_provider
+from metricrelay.auth import TokenProvider, build_token_provider
 from metricrelay.batching import Coalescer, Limits
+from metricrelay.connection import async_client
 from metricrelay.dispatch import Dispatcher
 from metricrelay.endpoints import Endpoints, ProbeConfig
-from metricrelay.keys import Keys
+from metricrelay.fleet import Fleet, FleetShards
+from metricrelay.keys import Keys, ShardKeys, format_shard_list
+from metricrelay.leases import Leases
 from metricrelay.observability import WorkerMetrics
 from metricrelay.retry import RetryPolicy
 from metricrelay.settings import Settings
 from metricrelay.stream import EventStream
-from metricrelay.worker import Worker, WorkerConfig
+from metricrelay.worker import MemoryBudget, Worker, WorkerConfig
 
 __all__ = [
     "metrics_url",
@@ -32,6 +36,7 @@ __all__ = [
     "open_worker",
     "probe_config",
     "run_worker",
+    "sharded",
     "worker_config",
 ]
 
@@ -60,34 +65,113 @@ def metrics_url(settings: Settings) -> tuple[str, bool]:
     return f"{str(settings.api_url).rstrip('/')}/lm/metrics", True
 
 
-async def open_worker(settings: Settings, stack: AsyncExitStack) -> Worker:
-    """Build a worker and its connections; ``stack`` closes them."""
-    client = redis_asyncio.Redis.from_url(settings.redis_url)
+def sharded(settings: Settings) -> bool:
+    """More than one shard, or the shard count changing: shards are owned under leases."""
+    return settings.shards > 1 or settings.drain_shards is not None
+
+
+class _Parts:
+    """What every shard's worker of one process shares."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any,
+        session: aiohttp.ClientSession,
+        tokens: TokenProvider,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.session = session
+        self.tokens = tokens
+        self.metrics = metrics
+        self.url, self.with_group = metrics_url(settings)
+        self.policy = RetryPolicy(
+            settings.retry_base, settings.retry_cap, settings.retry_budget, settings.retry_after_cap
+        )
+        self.budget = MemoryBudget(settings.memory_budget_bytes)
+
+    def worker(
+        self,
+        keys: Keys | ShardKeys,
+        *,
+        exclusive: bool = False,
+        slots: asyncio.Semaphore | None = None,
+    ) -> Worker:
+        settings = self.settings
+        coalescer = Coalescer(Limits(max_body_bytes=settings.max_body_bytes), settings.linger)
+        dispatcher = Dispatcher(
+            self.session,
+            self.url,
+            self.tokens,
+            self.policy,
+            timeout=settings.request_timeout,
+            with_resource_group=self.with_group,
+            on_too_large=coalescer.learn_too_large,
+            observer=self.metrics,
+        )
+        stream = EventStream(self.client, keys, settings.consumer_name)
+        config = replace(
+            worker_config(settings),
+            exclusive=exclusive,
+            handover_idle_ms=settings.handover_idle_ms,
+        )
+        return Worker(
+            config,
+            stream,
+            coalescer,
+            dispatcher,
+            metrics=self.metrics,
+            budget=self.budget,
+            slots=slots,
+        )
+
+
+async def open_worker(settings: Settings, stack: AsyncExitStack) -> Worker | Fleet:
+    """Build a worker and its connections; ``stack`` closes them.
+
+    One shard: a :class:`Worker` on the stream, shared with any other replica as before. More
+    shards: a :class:`Fleet` that owns some of them under leases (fleet.py).
+    """
+    client = async_client(settings.redis_url, cluster=settings.cluster)
     stack.push_async_callback(client.aclose)
     session = await stack.enter_async_context(aiohttp.ClientSession())
-    keys = Keys(settings.prefix)
-    coalescer = Coalescer(Limits(max_body_bytes=settings.max_body_bytes), settings.linger)
-    url, with_group = metrics_url(settings)
-    policy = RetryPolicy(
-        settings.retry_base, settings.retry_cap, settings.retry_budget, settings.retry_after_cap
-    )
     metrics = WorkerMetrics()
     tokens = build_token_provider(settings, session)
-    dispatcher = Dispatcher(
-        session,
-        url,
-        tokens,
-        policy,
-        timeout=settings.request_timeout,
-        with_resource_group=with_group,
-        on_too_large=coalescer.learn_too_large,
-        observer=metrics,
-    )
-    stream = EventStream(client, keys, settings.consumer_name)
-    log.info("worker %s reading %s, sending to %s", settings.consumer_name, keys.events, url)
-    worker = Worker(worker_config(settings), stream, coalescer, dispatcher, metrics=metrics)
-    metrics.watch(worker, tokens)
-    return worker
+    parts = _Parts(settings, client, session, tokens, metrics)
+    runner: Worker | Fleet
+    if not sharded(settings):
+        runner = parts.worker(settings.keys())
+        log.info("worker %s reading %s", settings.consumer_name, runner.stream.keys.events)
+    else:
+        keys = settings.keys()
+        current = [keys.shard(index) for index in settings.owned_shards()]
+        old = []
+        if settings.drain_shards is not None:
+            old = Keys(settings.prefix, settings.drain_shards).all_shards()
+        shards = FleetShards(current, old)
+        slots = asyncio.Semaphore(settings.concurrency)  # one limit for every shard together
+        pool = "" if settings.only_shards is None else format_shard_list(settings.owned_shards())
+        leases = Leases(client, keys, settings.consumer_name, settings.lease_ttl, pool=pool)
+        runner = Fleet(
+            client,
+            shards,
+            leases,
+            lambda shard: parts.worker(shard, exclusive=True, slots=slots),
+            parts.budget,
+            tick=settings.lease_ttl / 4,
+            metrics=metrics,
+        )
+        log.info(
+            "worker %s sharing %d shards%s",
+            settings.consumer_name,
+            len(current),
+            "" if not shards.old else f" after draining {len(shards.old)} old ones",
+        )
+    log.info("sending to %s", parts.url)
+    metrics.watch(runner, tokens)
+    return runner
 
 
 def probe_config(settings: Settings) -> ProbeConfig:
@@ -98,11 +182,14 @@ def probe_config(settings: Settings) -> ProbeConfig:
     )
 
 
-async def open_endpoints(worker: Worker, stack: AsyncExitStack, config: ProbeConfig) -> Endpoints:
+async def open_endpoints(
+    worker: Worker | Fleet, stack: AsyncExitStack, config: ProbeConfig
+) -> Endpoints:
     """Start the worker's /metrics, /healthz and /readyz listener; ``stack`` stops it."""
     if worker.metrics is None:
         raise ValueError("the worker has no metrics: build it with open_worker()")
-    endpoints = Endpoints(worker.metrics, worker.stream, config)
+    source = worker.stream if isinstance(worker, Worker) else worker
+    endpoints = Endpoints(worker.metrics, source, config)
     await endpoints.start()
     stack.push_async_callback(endpoints.close)
     return endpoints
@@ -118,7 +205,7 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-async def run_worker(settings: Settings, *, burst: bool = False) -> Worker:
+async def run_worker(settings: Settings, *, burst: bool = False) -> Worker | Fleet:
     """Run one worker until a signal (or, with ``burst``, until the stream is drained)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -29,8 +29,9 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from metricrelay.connection import CLUSTER_SCHEMES
 from metricrelay.errors import ConfigError
-from metricrelay.keys import DEFAULT_PREFIX, Keys
+from metricrelay.keys import DEFAULT_PREFIX, MAX_SHARDS, Keys, parse_shard_list
 from metricrelay.models import EXECUTION_ID_PATTERN, RESOURCE_GROUP_PATTERN
 
 __all__ = [
@@ -229,7 +230,14 @@ class Settings(BaseSettings):
 
     # The URL may carry a Redis password: it stays out of repr() and is redacted in dumps.
     redis_url: str = Field("redis://localhost:6379/0", repr=False)
+    cluster: bool = False  # a Redis Cluster even without a redis+cluster:// URL
     prefix: str = DEFAULT_PREFIX
+    shards: int = Field(1, ge=1, le=MAX_SHARDS)  # event streams; keys.py names them
+    # Only these shards, e.g. "0-15,32": for very large shard counts, split among worker pools.
+    only_shards: str | None = None
+    # While changing the shard count: the old count, whose streams are drained first (README).
+    drain_shards: int | None = Field(None, ge=1, le=MAX_SHARDS)
+    lease_ttl: float = Field(10.0, ge=1)  # seconds a shard stays owned by a worker that went quiet
     api_url: str | None = None
     auth_url: str | None = None
     client_id: str | None = Field(None, min_length=1)
@@ -296,8 +304,10 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
+            raise ValueError(
+                "must be a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL"
+            )
         return value
 
     @field_serializer("redis_url")
@@ -309,6 +319,26 @@ class Settings(BaseSettings):
     def _prefix(cls, value: str) -> str:
         Keys(value)  # the one place that knows what a key prefix may be
         return value
+
+    @model_validator(mode="after")
+    def _shard_layout(self) -> Settings:
+        if self.only_shards is not None:
+            self.owned_shards()  # raises ValueError naming the problem
+        if self.drain_shards == self.shards:
+            raise ValueError(
+                "METRICRELAY_DRAIN_SHARDS must differ from METRICRELAY_SHARDS: it names the old "
+                "shard count while changing it"
+            )
+        return self
+
+    def keys(self) -> Keys:
+        return Keys(self.prefix, self.shards)
+
+    def owned_shards(self) -> list[int]:
+        """The shards of the current layout this worker may work on (all unless told)."""
+        if self.only_shards is None:
+            return list(range(self.shards))
+        return parse_shard_list(self.only_shards, self.shards)
 
     @field_validator("api_url")
     @classmethod
@@ -383,3 +413,12 @@ class Settings(BaseSettings):
         """
         seconds = self.linger + self.retry_budget + 2 * self.request_timeout + RECLAIM_SLACK_S
         return math.ceil(seconds * 1000)
+
+    @property
+    def handover_idle_ms(self) -> int:
+        """How long entries a shard's previous owner left pending stay untouched before its new
+        owner takes them over: the lease expired, and the previous owner stopped working on the
+        shard before that (fleet.py); a request it had started ends within ``request_timeout``.
+        Never more than :attr:`reclaim_idle_ms`."""
+        seconds = self.lease_ttl + self.request_timeout + RECLAIM_SLACK_S
+        return min(self.reclaim_idle_ms, math.ceil(seconds * 1000))

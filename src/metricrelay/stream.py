@@ -10,9 +10,9 @@ from typing import Any
 import redis.asyncio as redis_asyncio
 from redis.exceptions import ResponseError
 
-from metricrelay.keys import Keys
+from metricrelay.keys import Keys, ShardKeys
 
-__all__ = ["Entry", "EventStream", "GroupInfo"]
+__all__ = ["Entry", "EventStream", "GroupInfo", "read_group_info"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,27 @@ class GroupInfo:
 
     pending: int  # delivered, not yet acknowledged
     lag: int | None  # not yet delivered; None where Redis cannot tell (before 7.0, after XDEL)
+    last_delivered: str = "0-0"  # the newest id given to a consumer (for one stream)
+
+
+async def read_group_info(redis: Any, keys: Keys | ShardKeys) -> GroupInfo | None:
+    """The consumer group on ``keys.events`` as XINFO GROUPS tells it (one O(groups) call);
+    None if the stream or the group is missing."""
+    try:
+        groups = await redis.xinfo_groups(keys.events)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return None
+        raise
+    for group in groups:
+        if _text(group["name"]) == keys.group:
+            lag = group.get("lag")
+            return GroupInfo(
+                int(group["pending"]),
+                None if lag is None else int(lag),
+                _text(group["last-delivered-id"]),
+            )
+    return None
 
 
 def _raw_entries(rows: Sequence[Any]) -> list[Entry]:
@@ -44,6 +65,8 @@ def _raw_entries(rows: Sequence[Any]) -> list[Entry]:
     for entry_id, fields in rows:
         if fields is None:  # deleted while pending (Redis < 7 reports such ids this way)
             continue
+        if isinstance(fields, dict):  # converted (the cluster client): see EventStream.__init__
+            return _entries(rows)
         resource = None
         size = 0
         for index in range(0, len(fields), 2):
@@ -67,9 +90,9 @@ def _entries(rows: Sequence[Any]) -> list[Entry]:
 
 
 class EventStream:
-    """One consumer of the group on the event stream."""
+    """One consumer of the group on one event stream (a shard)."""
 
-    def __init__(self, redis: Any, keys: Keys, consumer: str) -> None:
+    def __init__(self, redis: Any, keys: Keys | ShardKeys, consumer: str) -> None:
         self.redis = redis
         self.keys = keys
         self.consumer = consumer
@@ -77,9 +100,13 @@ class EventStream:
         # Reads go through a second client on the same connection pool whose XREADGROUP replies
         # are left as hiredis parsed them: redis-py's per-entry conversion to tuples and dicts
         # was about a tenth of the worker's CPU per single-point entry (bench/worker.py).
-        # A client of its own, so that nobody else sharing ``redis`` gets raw replies.
-        self._reader = redis_asyncio.Redis(connection_pool=redis.connection_pool)
-        self._reader.set_response_callback("XREADGROUP", _unconverted)
+        # A client of its own, so that nobody else sharing ``redis`` gets raw replies. A cluster
+        # client has a pool per node and no such twin: it reads converted replies.
+        pool = getattr(redis, "connection_pool", None)
+        self._reader = redis
+        if pool is not None:
+            self._reader = redis_asyncio.Redis(connection_pool=pool)
+            self._reader.set_response_callback("XREADGROUP", _unconverted)
 
     async def ensure_group(self) -> None:
         """Create the group (and the stream) if missing, from the stream's first entry: what
@@ -93,9 +120,16 @@ class EventStream:
 
     async def read(self, count: int, block_ms: int | None) -> list[Entry]:
         """New entries for this consumer; ``block_ms`` None returns at once."""
-        reply = await self._reader.xreadgroup(
-            self.keys.group, self.consumer, {self.keys.events: ">"}, count=count, block=block_ms
-        )
+        try:
+            reply = await self._reader.xreadgroup(
+                self.keys.group, self.consumer, {self.keys.events: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            # Redis Cluster moved the stream to another node while this read was blocked on it
+            # (resharding): nothing was read; the next read goes where the slot lives now.
+            if str(exc).startswith("UNBLOCKED"):
+                return []
+            raise
         if not reply:
             return []
         # RESP3 answers a map {stream: rows}, RESP2 a list [[stream, rows]]; one stream was read
@@ -161,18 +195,8 @@ class EventStream:
         return gone
 
     async def group_info(self) -> GroupInfo | None:
-        """Lag and pending count of this group in one O(groups) call; None if it is missing."""
-        try:
-            groups = await self.redis.xinfo_groups(self.keys.events)
-        except ResponseError as exc:
-            if "no such key" in str(exc).lower():
-                return None
-            raise
-        for group in groups:
-            if _text(group["name"]) == self.keys.group:
-                lag = group.get("lag")
-                return GroupInfo(int(group["pending"]), None if lag is None else int(lag))
-        return None
+        """Lag and pending count of this group; None if it is missing."""
+        return await read_group_info(self.redis, self.keys)
 
     async def pending_count(self) -> int:
         summary = await self.redis.xpending(self.keys.events, self.keys.group)

@@ -16,15 +16,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from metricrelay.batching import Body, Coalescer
 from metricrelay.codec import EncodedFragment, decode_entry
+from metricrelay.connection import REDIS_UNAVAILABLE
 from metricrelay.deadletter import DeadLetter, Reason, write_dead_letters
 from metricrelay.dispatch import Delivery, Dispatcher
 from metricrelay.errors import AuthError
-from metricrelay.progress import add_progress
+from metricrelay.keys import ShardKeys, shard_index
+from metricrelay.progress import ack_with_progress
 from metricrelay.scheduler import KeyedScheduler
 from metricrelay.stream import Entry, EventStream
 
@@ -45,7 +44,7 @@ def _tally(counts: Counts, key: tuple[str, str], invalid: int) -> None:
 
 log = logging.getLogger(__name__)
 
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_REDIS_DOWN = REDIS_UNAVAILABLE
 _BACKOFF_CAP_S = 5.0
 # Bytes of entries one read aims at. One read of 1000 packed entries (200 points each) is 200k
 # points, ~0.5 s of decoding during which no PATCH response, acknowledgement or next request is
@@ -68,6 +67,27 @@ async def _until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:
             delay = min(delay * 2, _BACKOFF_CAP_S)
 
 
+class MemoryBudget:
+    """Bytes of stream entries held until acknowledged, shared by the shards of one process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.room = asyncio.Event()  # set whenever an acknowledgement made room
+
+    @property
+    def spent(self) -> bool:
+        return self.held >= self.limit
+
+    def take(self, size: int) -> None:
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+        if self.held < self.limit:
+            self.room.set()
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     default_resource_group: str = "default"
@@ -80,6 +100,12 @@ class WorkerConfig:
     reclaim_interval: float = 5.0
     trim_interval: float = 10.0
     drain_deadline: float = 25.0
+    # One owner per shard (leases.py): read new entries only once every entry a previous owner
+    # left pending is done, so an execution's entries are delivered in stream order across a
+    # change of owner. Those are taken over once idle this long (the previous owner stopped
+    # working on them when it lost its lease: see fleet.py), checked every second meanwhile.
+    exclusive: bool = False
+    handover_idle_ms: int = 45_000
 
 
 class Worker:
@@ -92,21 +118,56 @@ class Worker:
         *,
         clock: Callable[[], float] = time.monotonic,
         metrics: WorkerMetrics | None = None,
+        budget: MemoryBudget | None = None,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.config = config
         self.stream = stream
         self.coalescer = coalescer
         self.dispatcher = dispatcher
         self.clock = clock
-        self.scheduler = KeyedScheduler(config.concurrency, self._deliver)
+        self.scheduler = KeyedScheduler(config.concurrency, self._deliver, slots)
         self._held: dict[str, int] = {}  # entry id → bytes it accounts for, until acknowledged
-        self.held_bytes = 0
+        self.budget = budget or MemoryBudget(config.memory_budget_bytes)
         self._read_count = config.read_count  # entries per read, adapted to their size
-        self._room = asyncio.Event()
         self._stop = asyncio.Event()
+        self._abandoned = False
+        self._handed_over = not config.exclusive  # nothing a previous owner left is pending
+        self._misrouted: set[tuple[str, str]] = set()  # executions reported in the wrong shard
+        keys = stream.keys
+        self._sharded = keys if isinstance(keys, ShardKeys) and keys.count > 1 else None
+        self._next_handover = 0.0
         self.fatal: AuthError | None = None  # why the worker stopped on its own, if it did
         self.stats: dict[str, int] = {}
         self.metrics = metrics  # when given, it sees every count (Prometheus, observability.py)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held by every worker sharing this one's budget."""
+        return self.budget.held
+
+    @property
+    def memory_budget(self) -> int:
+        return self.budget.limit
+
+    @property
+    def in_flight(self) -> int:
+        return self.scheduler.in_flight
+
+    @property
+    def queued(self) -> int:
+        return self.scheduler.queued
+
+    @property
+    def shards_owned(self) -> int:
+        return 1
+
+    async def abandon(self) -> None:
+        """Stop at once, without draining: the shard now belongs to another worker (its lease
+        was lost). What this worker holds stays pending for the new owner to reclaim."""
+        self._abandoned = True
+        self._stop.set()
+        await self.scheduler.cancel()
 
     def count(self, name: str, amount: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + amount
@@ -136,6 +197,9 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 delay = min(delay * 2, _BACKOFF_CAP_S)
+        if self._abandoned:
+            await self.scheduler.cancel()
+            return
         await self._drain()
         if self.fatal is not None:
             raise self.fatal
@@ -155,10 +219,14 @@ class Worker:
 
     async def _read_some(self) -> int | None:
         """Read and take in new entries; the count read, None if the memory budget is spent."""
-        if self.held_bytes >= self.config.memory_budget_bytes or self._saturated():
-            self._room.clear()
+        if self.budget.spent or self._saturated():
+            self.budget.room.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room.wait(), self._wait_seconds())
+                await asyncio.wait_for(self.budget.room.wait(), self._wait_seconds())
+            return None
+        if not self._handed_over and not await self._take_over():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._wait_seconds())
             return None
         count = min(self.config.read_count, self._read_count)
         entries = await self.stream.read(count, self._block_ms())
@@ -202,8 +270,9 @@ class Worker:
         now = self.clock()
         ledger = self.coalescer.ledger
         for entry in entries:
-            self._held[entry.id] = entry.size
-            self.held_bytes += entry.size
+            if entry.id not in self._held:
+                self._held[entry.id] = entry.size
+                self.budget.take(entry.size)
             fragment, invalid = self._decode(entry)
             for letter in invalid:
                 ledger.hold(entry.id)
@@ -211,6 +280,8 @@ class Worker:
                 held_by_letters.append(entry.id)
             if fragment is None:
                 continue
+            if self._sharded is not None:
+                self._check_route(fragment.resource_group, fragment.execution_id)
             if invalid:
                 _tally(counts, (fragment.resource_group, fragment.execution_id), len(invalid))
             done += self.coalescer.add(entry.id, fragment, now)
@@ -231,6 +302,28 @@ class Worker:
         await self._acknowledge(done, counts)
         self._submit(self.coalescer.take_ready())
 
+    def _check_route(self, resource_group: str, execution_id: str) -> None:
+        """Count (and report once per execution) an entry its producer put in the wrong shard:
+        it is delivered all the same, but its order against the execution's other entries,
+        read from another shard, is not kept."""
+        keys = self._sharded
+        if keys is None:
+            return
+        if shard_index(resource_group, execution_id, keys.count) == keys.index:
+            return
+        self.count("entries_misrouted")
+        if (resource_group, execution_id) not in self._misrouted and len(self._misrouted) < 1000:
+            self._misrouted.add((resource_group, execution_id))
+            log.warning(
+                "execution %s/%s has entries in shard %s, but routes to shard %dof%d: its "
+                "producer does not follow the routing rule (README), so its order is not kept",
+                resource_group,
+                execution_id,
+                keys.name,
+                shard_index(resource_group, execution_id, keys.count),
+                keys.count,
+            )
+
     def _decode(self, entry: Entry) -> tuple[EncodedFragment | None, list[DeadLetter]]:
         if entry.resource is None:
             return None, [
@@ -246,9 +339,22 @@ class Worker:
         ]
         return decoded.fragment, invalid
 
-    async def _reclaim(self) -> None:
+    async def _take_over(self) -> bool:
+        """True once no entry is pending that this worker does not hold: what the shard's
+        previous owner (or this process before a restart) left is reclaimed and finished first."""
+        if await self.stream.pending_count() <= len(self._held):
+            self._handed_over = True
+            return True
+        now = self.clock()
+        if now >= self._next_handover:
+            self._next_handover = now + 1.0
+            await self._reclaim(self.config.handover_idle_ms)
+        return False
+
+    async def _reclaim(self, min_idle_ms: int | None = None) -> None:
         """Take over entries of dead consumers; poison what keeps coming back."""
-        claimed = await self.stream.reclaim(self.config.reclaim_idle_ms, self.config.read_count)
+        idle = self.config.reclaim_idle_ms if min_idle_ms is None else min_idle_ms
+        claimed = await self.stream.reclaim(idle, self.config.read_count)
         fresh = [
             e for e, n in claimed if n <= self.config.max_deliveries and e.id not in self._held
         ]
@@ -352,24 +458,17 @@ class Worker:
         """XACK the ids; with ``counts``, raise the per-execution progress counters in the same
         transaction (progress.py), so a producer's barrier never sees one without the other."""
         if counts:
-
-            async def ack_and_count() -> None:  # a fresh pipeline per try: a failed one is reset
-                pipe = self.stream.redis.pipeline(transaction=True)
-                if ids:
-                    pipe.xack(self.stream.keys.events, self.stream.keys.group, *ids)
-                add_progress(pipe, self.stream.keys, counts)
-                await pipe.execute()
-
-            await _until_done(ack_and_count, "acknowledging")
+            await _until_done(
+                lambda: ack_with_progress(self.stream.redis, self.stream.keys, ids, counts),
+                "acknowledging",
+            )
         if not ids:
             return
         if not counts:
             await _until_done(lambda: self.stream.ack(ids), "acknowledging")
         for entry_id in ids:
-            self.held_bytes -= self._held.pop(entry_id, 0)
+            self.budget.give(self._held.pop(entry_id, 0))
         self.count("entries_acked", len(ids))
-        if self.held_bytes < self.config.memory_budget_bytes:
-            self._room.set()
 
     async def _drain(self) -> None:
         """Flush open bodies; wait for deliveries up to the deadline; leave the rest pending."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +21,8 @@ from metricrelay.embedded import RedisServer
 from metricrelay.keys import Keys
 
 KEYS = Keys()
+FOUR = Keys(shards=4)
+RUNS = [f"run-shard-{i:02d}" for i in range(10)]
 
 
 def entries(url: str) -> list[dict[str, Any]]:
@@ -59,23 +63,57 @@ def test_emit_packs_points_writes_fragments_and_reports_bad_lines(
     ]
 
 
-@pytest.fixture
-def ingest(private_redis: RedisServer) -> Iterator[str]:
+def _sharded_entries(url: str) -> dict[str, list[dict[str, Any]]]:
+    """Shard name → the fragments in that shard's event stream (layout of 4)."""
+    client = redis.Redis.from_url(url)
+    return {
+        shard.name: [orjson.loads(f[b"resource"]) for _, f in client.xrange(shard.events)]
+        for shard in FOUR.all_shards()
+    }
+
+
+def _assert_routed(url: str, expected_per_run: int) -> None:
+    """Every run's fragments are in its shard of 4 and in no other; the runs use >1 shard."""
+    found = _sharded_entries(url)
+    for run in RUNS:
+        home = FOUR.route("default", run).name
+        for name, fragments in found.items():
+            mine = [f for f in fragments if f["executionId"] == run]
+            assert len(mine) == (expected_per_run if name == home else 0), (run, name)
+    assert sum(bool(fragments) for fragments in found.values()) > 1
+    assert not redis.Redis.from_url(url).exists(KEYS.events)  # no unsharded stream at all
+
+
+def test_emit_routes_each_execution_to_its_shard(private_redis: RedisServer) -> None:
+    lines = [
+        orjson.dumps({"executionId": run, "name": "loss", "value": 0.5, "step": step})
+        for step in range(3)
+        for run in RUNS
+    ]
+    lines += [
+        orjson.dumps({"executionId": run, "tags": [{"name": "k", "value": "v"}]}) for run in RUNS
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "metricrelay", "emit", "--redis-url", private_redis.url,
+         "--shards", "4"],
+        input=b"\n".join(lines),
+        capture_output=True,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert "30 points in 20 entries written to metricrelay:events:{*of4}" in done.stderr.decode()
+    _assert_routed(private_redis.url, expected_per_run=2)  # one packed, one tags fragment
+
+
+@contextlib.contextmanager
+def _ingest(redis_url: str, *flags: str) -> Iterator[str]:
     """``metricrelay ingest`` on a free port; yields its URL (read from its log line)."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "metricrelay",
-            "ingest",
-            "--port",
-            "0",
-            "--redis-url",
-            private_redis.url,
-        ],
+        [sys.executable, "-m", "metricrelay", "ingest", "--port", "0", "--redis-url", redis_url,
+         *flags],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     assert process.stderr is not None
     url = ""
     for line in process.stderr:  # bounded: the process logs its URL at start or exits
@@ -88,6 +126,26 @@ def ingest(private_redis: RedisServer) -> Iterator[str]:
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=20)
     assert process.returncode == 0
+
+
+@pytest.fixture
+def ingest(private_redis: RedisServer) -> Iterator[str]:
+    with _ingest(private_redis.url) as url:
+        yield url
+
+
+def test_ingest_routes_each_execution_to_its_shard(private_redis: RedisServer) -> None:
+    with _ingest(private_redis.url, "--shards", "4") as url:
+        for run in RUNS:
+            body = orjson.dumps({"executionId": run, "metrics": [{"name": "loss", "value": 1}]})
+            request = urllib.request.Request(
+                f"{url}/v2/lm/metrics", data=body, method="PATCH",
+                headers={"Content-Type": "application/merge-patch+json",
+                         "AI-Resource-Group": "default"},
+            )  # fmt: skip
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                assert reply.status == 204
+    _assert_routed(private_redis.url, expected_per_run=1)
 
 
 def test_sap_sdk_in_cluster_mode_through_ingest_unchanged(

@@ -16,7 +16,7 @@ from metricrelay.embedded import RedisServer
 from metricrelay.keys import Keys
 from metricrelay.service import open_worker
 from metricrelay.settings import Settings
-from metricrelay.worker import Worker
+from metricrelay.worker import MemoryBudget, Worker
 
 KEYS = Keys()
 LIMITS = {"metrics": 1000, "tags": 100, "customInfo": 100}
@@ -198,9 +198,11 @@ async def test_memory_is_bounded_the_stream_is_the_buffer(
     peak = 0
     async with AsyncExitStack() as stack:
         worker = await open_worker(settings_for(redis_server, scripted_api.url), stack)
+        assert isinstance(worker, Worker)
         worker.config = dataclasses.replace(
             worker.config, memory_budget_bytes=budget, read_count=read_count
         )
+        worker.budget = MemoryBudget(budget)
         ingest = worker.ingest
 
         async def watched(entries: Any) -> None:

@@ -8,11 +8,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-import redis.asyncio as redis_asyncio
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from metricrelay.connection import REDIS_UNAVAILABLE, async_client
 from metricrelay.deadletter import Reason
 from metricrelay.errors import ConfigError
 from metricrelay.ops.dead import DeadFilter, parse_bound
@@ -42,7 +40,10 @@ _REDIS_FLAGS: Final = (
     ("--redis-url", "redis_url", str),
     ("--prefix", "prefix", str),
     ("--resource-group", "resource_group", str),
+    ("--shards", "shards", int),
+    ("--drain-shards", "drain_shards", int),
 )
+_FLAG_FIELDS: Final = ("cluster",)  # store_true flags: None unless given, so the env still counts
 
 
 def non_negative(text: str) -> int:
@@ -54,9 +55,17 @@ def non_negative(text: str) -> int:
 
 
 def add_redis_flags(parser: argparse.ArgumentParser, *extra: tuple[str, str, type]) -> None:
-    """``--redis-url``, ``--prefix``, ``--resource-group`` (plus ``extra`` settings flags)."""
+    """``--redis-url``, ``--prefix``, ``--resource-group``, ``--shards``, ``--drain-shards``,
+    ``--cluster`` (plus ``extra`` settings flags)."""
     for flag, field, kind in (*_REDIS_FLAGS, *extra):
         parser.add_argument(flag, dest=field, type=kind, default=None)
+    parser.add_argument(
+        "--cluster",
+        dest="cluster",
+        action="store_true",
+        default=None,
+        help="Redis is a Redis Cluster (also implied by a redis+cluster:// URL)",
+    )
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for Redis (default 10)"
     )
@@ -93,7 +102,7 @@ def build_filter(args: argparse.Namespace) -> DeadFilter:
 
 def load_settings(args: argparse.Namespace, *extra: tuple[str, str, type]) -> Settings:
     """Settings from the environment with these flags on top (ConfigError on bad values)."""
-    fields = [field for _, field, _ in (*_REDIS_FLAGS, *extra)]
+    fields = [field for _, field, _ in (*_REDIS_FLAGS, *extra)] + list(_FLAG_FIELDS)
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     return Settings.from_sources(overrides)
 
@@ -105,8 +114,11 @@ def run_with_redis(
     message naming the server (password redacted), never a traceback."""
 
     async def session() -> T:
-        client = redis_asyncio.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
+        client = async_client(
+            settings.redis_url,
+            cluster=settings.cluster,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
         )
         try:
             return await main(client)
@@ -116,7 +128,7 @@ def run_with_redis(
     where = redact_url(settings.redis_url)
     try:
         return EXIT_OK, asyncio.run(session())
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except REDIS_UNAVAILABLE as exc:
         log.error("cannot reach Redis at %s: %s", where, exc)
     except RedisError as exc:
         log.error("Redis at %s answered with an error: %s", where, exc)

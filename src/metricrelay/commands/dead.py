@@ -1,4 +1,7 @@
-"""``metricrelay dead list|show|purge``: inspect dead letters, and delete them with confirmation."""
+"""``metricrelay dead list|show|purge``: inspect dead letters, and delete them with confirmation.
+
+With several dead-letter streams in play (shards), ids are shown and taken as ``<shard>/<id>``.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +19,18 @@ from metricrelay.commands._ops import (
     run_with_redis,
     settings_or_exit,
 )
-from metricrelay.keys import Keys
-from metricrelay.ops.dead import DeadRecord, DeadScan, fetch, id_key, purge, record_json
+from metricrelay.keys import ShardKeys
+from metricrelay.ops.dead import (
+    DeadFilter,
+    DeadRecord,
+    DeadScan,
+    fetch,
+    id_key,
+    parse_ref,
+    purge_refs,
+    record_json,
+)
+from metricrelay.ops.layout import dead_pattern, layouts, shards_in_play
 from metricrelay.ops.table import format_table
 from metricrelay.settings import Settings
 
@@ -38,7 +51,11 @@ def register(subparsers: Any) -> None:
     listing.set_defaults(handler=run_list)
     show = actions.add_parser("show", help="one dead letter in full")
     add_redis_flags(show)
-    show.add_argument("id", help="its id in the dead-letter stream, e.g. 1700000000000-0")
+    show.add_argument(
+        "id",
+        help="its id in the dead-letter stream, e.g. 1700000000000-0; with several shards "
+        "<shard>/<id>, e.g. 3of8/1700000000000-0 (as `dead list` shows it)",
+    )
     show.add_argument("--json", action="store_true", help="a JSON object on stdout")
     show.set_defaults(handler=run_show)
     purging = actions.add_parser(
@@ -48,6 +65,12 @@ def register(subparsers: Any) -> None:
     )
     add_redis_flags(purging)
     add_filter_flags(purging)
+    purging.add_argument(
+        "ids",
+        nargs="*",
+        metavar="ID",
+        help="only these dead letters (ids as `dead list` shows them; the filters still apply)",
+    )
     purging.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     purging.set_defaults(handler=run_purge)
 
@@ -67,13 +90,44 @@ def _collect(args: argparse.Namespace) -> tuple[int, Settings | None, list[dict[
     except ValueError as exc:
         print(f"metricrelay dead: {exc}", file=sys.stderr)
         return EXIT_ERROR, None, []
-    keys = Keys(settings.prefix)
+    shards = shards_in_play(settings)
+    try:
+        refs = [parse_ref(text, shards) for text in getattr(args, "ids", None) or ()]
+    except ValueError as exc:
+        print(f"metricrelay dead: {exc}", file=sys.stderr)
+        return EXIT_ERROR, None, []
 
-    async def main(client: Any) -> list[dict[str, Any]]:
-        return [record_json(record) async for record in DeadScan(client, keys, flt).records()]
+    async def main(client: Any) -> list[dict[str, Any]] | None:
+        if refs:
+            return await _chosen(client, refs, flt, qualified=len(shards) > 1)
+        return [record_json(record) async for record in DeadScan(client, shards, flt).records()]
 
     code, summaries = run_with_redis(settings, args.timeout, main)
+    if not code and summaries is None:
+        return EXIT_ERROR, None, []  # _chosen() named the id that is not there
     return code, settings, summaries or []
+
+
+def _within(flt: DeadFilter, dead_id: str) -> bool:
+    low = flt.start == "-" or id_key(dead_id) >= id_key(flt.start)
+    return low and (flt.end == "+" or id_key(dead_id) <= id_key(flt.end, upper=True))
+
+
+async def _chosen(
+    client: Any, refs: list[tuple[ShardKeys, str]], flt: DeadFilter, *, qualified: bool
+) -> list[dict[str, Any]] | None:
+    """The named letters the filters keep; None (and a message) if one does not exist: a
+    purge of a list with a typo in it deletes nothing."""
+    chosen: list[dict[str, Any]] = []
+    for shard, dead_id in refs:
+        record = await fetch(client, shard, dead_id, qualified=qualified)
+        if record is None:
+            name = f"{shard.name}/{dead_id}" if qualified else dead_id
+            print(f"metricrelay dead: no dead letter {name} in {shard.dead}", file=sys.stderr)
+            return None
+        if flt.matches(record.letter, record.info) and _within(flt, dead_id):
+            chosen.append(record_json(record))
+    return chosen[: flt.limit] if flt.limit is not None else chosen
 
 
 def _short(text: str) -> str:
@@ -118,7 +172,7 @@ def _show_text(record: DeadRecord) -> str:
     )
     return "\n".join(
         [
-            f"id:             {record.id}",
+            f"id:             {record.ref}",
             f"reason:         {document['reason']}",
             f"failed at:      {document['failed_at']}",
             f"status:         {document['status'] if document['status'] is not None else '-'}",
@@ -140,15 +194,15 @@ def run_show(args: argparse.Namespace) -> int:
     settings = settings_or_exit(args)
     if settings is None:
         return EXIT_ERROR
+    shards = shards_in_play(settings)
     try:
-        id_key(args.id)
+        shard, dead_id = parse_ref(args.id, shards)
     except ValueError as exc:
         print(f"metricrelay dead show: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    keys = Keys(settings.prefix)
 
     async def main(client: Any) -> DeadRecord | None:
-        return await fetch(client, keys, args.id)
+        return await fetch(client, shard, dead_id, qualified=len(shards) > 1)
 
     try:
         code, record = run_with_redis(settings, args.timeout, main)
@@ -158,7 +212,7 @@ def run_show(args: argparse.Namespace) -> int:
     if code:
         return code
     if record is None:
-        print(f"metricrelay dead show: no dead letter {args.id} in {keys.dead}", file=sys.stderr)
+        print(f"metricrelay dead show: no dead letter {args.id} in {shard.dead}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
         _dump(record_json(record, with_resource=True))
@@ -184,21 +238,22 @@ def run_purge(args: argparse.Namespace) -> int:
     code, settings, summaries = _collect(args)
     if code or settings is None:
         return code or EXIT_ERROR
-    keys = Keys(settings.prefix)
+    where = dead_pattern(layouts(settings))
     if not summaries:
         print("no dead letters match: nothing to purge", file=sys.stderr)
         return 0
-    if not args.yes and not _confirmed(len(summaries), keys.dead):
+    if not args.yes and not _confirmed(len(summaries), where):
         print("nothing deleted", file=sys.stderr)
         return EXIT_ERROR
     # only what was counted and confirmed: letters arriving meanwhile are not touched
-    ids = [summary["id"] for summary in summaries]
+    shards = shards_in_play(settings)
+    refs = [parse_ref(summary["id"], shards) for summary in summaries]
 
     async def main(client: Any) -> int:
-        return await purge(client, keys, ids)
+        return await purge_refs(client, refs)
 
     code, deleted = run_with_redis(settings, args.timeout, main)
     if code:
         return code
-    print(f"deleted {deleted} dead letter(s) from {keys.dead}")
+    print(f"deleted {deleted} dead letter(s) from {where}")
     return 0

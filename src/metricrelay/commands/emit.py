@@ -3,7 +3,8 @@
 Simple points ``{"executionId", "name", "value", "step"}`` (optionally ``timestamp``,
 ``labels``, ``resourceGroup``) are packed per execution into fragments of up to 1000 metrics;
 fragments are validated and written as they are. Bad lines are reported with their number and
-skipped; the exit code is 1 if there was any.
+skipped; the exit code is 1 if there was any. With ``METRICRELAY_SHARDS`` > 1 each fragment goes
+to the stream of its execution's shard (keys.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import IO, Any, Final
 import orjson
 
 from metricrelay.codec import decode_entry
+from metricrelay.keys import Keys
 from metricrelay.models import MAX_METRICS
 
 __all__ = ["register", "run"]
@@ -36,6 +38,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--prefix", default=None)
     parser.add_argument("--resource-group", default=None, help="for lines without one")
+    parser.add_argument("--shards", type=int, default=None, help="event streams (default 1)")
+    parser.add_argument(
+        "--cluster", action="store_true", default=None, help="Redis is a Redis Cluster"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -47,13 +53,16 @@ def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
             yield number, line
 
 
+_Execution = tuple[str, str]  # (resource group, execution id): what a fragment is routed by
+
+
 class _Packer:
     """Collects simple points per (group, execution) into fragments; checks every line."""
 
     def __init__(self, default_group: str) -> None:
         self.default_group = default_group
-        self.open: dict[tuple[str, str], list[Any]] = {}
-        self.ready: list[bytes] = []
+        self.open: dict[_Execution, list[Any]] = {}
+        self.ready: list[tuple[_Execution, bytes]] = []
         self.bad = 0
         self.points = 0
 
@@ -77,7 +86,7 @@ class _Packer:
         key = (decoded.fragment.resource_group, decoded.fragment.execution_id)
         document["resourceGroup"] = key[0]
         if set(document) - {"resourceGroup", "executionId", "metrics"}:
-            self.ready.append(orjson.dumps(document))  # a full fragment: written as it is
+            self.ready.append((key, orjson.dumps(document)))  # a full fragment: written as it is
         else:
             batch = self.open.setdefault(key, [])
             batch += document.get("metrics") or []
@@ -90,13 +99,12 @@ class _Packer:
         self.bad += 1
         print(f"line {number}: {why}", file=sys.stderr)
 
-    def _close(self, key: tuple[str, str]) -> None:
+    def _close(self, key: _Execution) -> None:
         metrics = self.open.pop(key)
         for start in range(0, len(metrics), MAX_METRICS):
             chunk = metrics[start : start + MAX_METRICS]
-            self.ready.append(
-                orjson.dumps({"resourceGroup": key[0], "executionId": key[1], "metrics": chunk})
-            )
+            document = {"resourceGroup": key[0], "executionId": key[1], "metrics": chunk}
+            self.ready.append((key, orjson.dumps(document)))
 
     def flush(self) -> None:
         for key in list(self.open):
@@ -107,27 +115,27 @@ _ENVELOPE: Final = frozenset({"executionId", "resourceGroup"})
 
 
 def run(args: argparse.Namespace) -> int:
-    import redis  # noqa: PLC0415
-
-    from metricrelay.keys import Keys  # noqa: PLC0415
+    from metricrelay.connection import sync_client  # noqa: PLC0415
+    from metricrelay.ops.layout import events_pattern  # noqa: PLC0415
     from metricrelay.settings import Settings  # noqa: PLC0415
 
-    fields = {"redis_url": args.redis_url, "prefix": args.prefix}
-    fields["resource_group"] = args.resource_group
+    fields = {"redis_url": args.redis_url, "prefix": args.prefix, "shards": args.shards}
+    fields |= {"resource_group": args.resource_group, "cluster": args.cluster}
     settings = Settings.from_sources({k: v for k, v in fields.items() if v is not None})
-    client = redis.Redis.from_url(settings.redis_url)
-    events = Keys(settings.prefix).events
+    client = sync_client(settings.redis_url, cluster=settings.cluster)
+    keys = settings.keys()
+    events = events_pattern([keys])
     packer = _Packer(settings.resource_group)
     started, written = time.monotonic(), 0
     progress = _progress_bar(args)
     for number, line in _lines(args.file):
         packer.take(number, line)
         if len(packer.ready) >= _BATCH:
-            written += _write(client, events, packer.ready)
+            written += _write(client, keys, packer.ready)
             packer.ready = []
         progress.update(1) if progress is not None else None
     packer.flush()
-    written += _write(client, events, packer.ready)
+    written += _write(client, keys, packer.ready)
     if progress is not None:
         progress.close()
     seconds = time.monotonic() - started
@@ -139,12 +147,17 @@ def run(args: argparse.Namespace) -> int:
     return 1 if packer.bad else 0
 
 
-def _write(client: Any, events: str, fragments: list[bytes]) -> int:
+def _write(client: Any, keys: Keys, fragments: list[tuple[_Execution, bytes]]) -> int:
     if not fragments:
         return 0
+    # Not a transaction: fragments of one batch go to many shards (slots), and a cluster
+    # pipeline sends each node its part.
     pipe = client.pipeline(transaction=False)
-    for data in fragments:
-        pipe.xadd(events, {"resource": data})
+    for (group, execution), data in fragments:
+        # Every fragment here passed decode_entry, so it has a valid executionId and a
+        # resource group: always routable. (A line without one was refused as a bad line
+        # above, so no shard-0 fall-back is needed here.)
+        pipe.xadd(keys.route(group, execution).events, {"resource": data})
     pipe.execute()
     return len(fragments)
 

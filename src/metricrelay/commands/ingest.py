@@ -29,24 +29,28 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--prefix", default=None)
     parser.add_argument("--resource-group", default=None, help="for /api/v1 bodies")
+    parser.add_argument("--shards", type=int, default=None, help="event streams (default 1)")
+    parser.add_argument(
+        "--cluster", action="store_true", default=None, help="Redis is a Redis Cluster"
+    )
     parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
     parser.set_defaults(handler=run)
 
 
 async def serve_ingest(args: argparse.Namespace, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT; logs the bound URL (``--port 0`` picks one)."""
-    import redis.asyncio as redis_asyncio  # noqa: PLC0415
     from aiohttp import web  # noqa: PLC0415
 
+    from metricrelay.connection import async_client  # noqa: PLC0415
     from metricrelay.ingest import IngestConfig, build_ingest_app  # noqa: PLC0415
-    from metricrelay.keys import Keys  # noqa: PLC0415
+    from metricrelay.ops.layout import events_pattern  # noqa: PLC0415
     from metricrelay.settings import Settings  # noqa: PLC0415
 
-    fields = {"redis_url": args.redis_url, "prefix": args.prefix}
-    fields["resource_group"] = args.resource_group
+    fields = {"redis_url": args.redis_url, "prefix": args.prefix, "shards": args.shards}
+    fields |= {"resource_group": args.resource_group, "cluster": args.cluster}
     settings = Settings.from_sources({k: v for k, v in fields.items() if v is not None})
-    client = redis_asyncio.Redis.from_url(settings.redis_url)
-    config = IngestConfig(Keys(settings.prefix), settings.resource_group, args.max_body_bytes)
+    client = async_client(settings.redis_url, cluster=settings.cluster)
+    config = IngestConfig(settings.keys(), settings.resource_group, args.max_body_bytes)
     runner = web.AppRunner(build_ingest_app(client, config), access_log=None)
     await runner.setup()
     stop = asyncio.Event()
@@ -57,7 +61,8 @@ async def serve_ingest(args: argparse.Namespace, ready: asyncio.Event | None = N
         site = web.TCPSite(runner, args.host, args.port)
         await site.start()
         host, port = runner.addresses[0][:2]
-        log.info("ingest listening on http://%s:%d (stream %s)", host, port, config.keys.events)
+        streams = events_pattern([config.keys])
+        log.info("ingest listening on http://%s:%d (stream %s)", host, port, streams)
         if ready is not None:
             ready.set()
         await stop.wait()

@@ -20,8 +20,9 @@ from metricrelay.commands._ops import (
     run_with_redis,
     settings_or_exit,
 )
-from metricrelay.keys import Keys
+from metricrelay.keys import Keys, ShardKeys
 from metricrelay.ops.dead import DeadFilter
+from metricrelay.ops.layout import events_pattern, shards_in_play
 from metricrelay.ops.replay import ReplayPlan, ReplaySummary, replay
 from metricrelay.settings import Settings
 from metricrelay.timestamps import format_utc
@@ -36,7 +37,8 @@ Each selected dead letter is validated again and re-packed under today's limits
 Valid parts are appended to the event stream for the worker; parts still invalid get a
 new dead letter with the new reason. The original leaves the dead-letter stream only after
 that append: a crash mid-replay loses nothing and duplicates at most the letter in hand.
-Run one replay at a time."""
+With shards, letters of every dead-letter stream (also of METRICRELAY_DRAIN_SHARDS' layout)
+go to the shard today's layout routes their execution to. Run one replay at a time."""
 
 
 def register(subparsers: Any) -> None:
@@ -58,8 +60,8 @@ def register(subparsers: Any) -> None:
 def _plan_json(plan: ReplayPlan) -> dict[str, Any]:
     letter = plan.record.letter
     action = "unchanged" if plan.unchanged else ("move" if plan.fragments else "stay_dead")
-    return {
-        "id": plan.record.id,
+    out: dict[str, Any] = {
+        "id": plan.record.ref,
         "reason": letter.reason.value,
         "execution_id": plan.record.info.execution_id,
         "action": action,
@@ -67,15 +69,20 @@ def _plan_json(plan: ReplayPlan) -> dict[str, Any]:
         "items": plan.items,
         "still_dead": [{"reason": d.reason.value, "error": d.error} for d in plan.still_dead],
     }
+    if plan.record.qualified and plan.destination is not None:
+        out["to"] = plan.destination.name  # the shard of today's layout it goes to
+    return out
 
 
 def _plan_line(plan: ReplayPlan, dry_run: bool) -> str:
     record = plan.record
-    head = f"{record.id}  {record.letter.reason.value:<9}  {record.info.execution_id or '-'}"
+    head = f"{record.ref}  {record.letter.reason.value:<9}  {record.info.execution_id or '-'}"
     if plan.unchanged:
         return f"{head}  stays dead, unchanged: {record.letter.error}"
     verb = "would append" if dry_run else "appended"
     text = f"{head}  {verb} {len(plan.fragments)} fragment(s), {plan.items} item(s)"
+    if record.qualified and plan.destination is not None and plan.fragments:
+        text += f" to {plan.destination.name}"
     for letter in plan.still_dead:
         text += f"; still dead ({letter.reason.value}): {letter.error}"
     return text
@@ -92,23 +99,24 @@ def _summary_line(summary: ReplaySummary, key: str) -> str:
     )
 
 
-async def _total(client: Any, keys: Keys, flt: DeadFilter) -> int | None:
+async def _total(client: Any, sources: list[ShardKeys], flt: DeadFilter) -> int | None:
     """The progress bar's length when it is cheap to know (no time bounds)."""
     if flt.start != "-" or flt.end != "+":
         return None
-    return int(await client.xlen(keys.dead))
+    return sum([int(await client.xlen(shard.dead)) for shard in sources])
 
 
 async def _replay(
     client: Any,
     keys: Keys,
+    sources: list[ShardKeys],
     flt: DeadFilter,
     settings: Settings,
     *,
     dry_run: bool,
     on_plan: Callable[[ReplayPlan], None],
 ) -> ReplaySummary:
-    total = await _total(client, keys, flt)
+    total = await _total(client, sources, flt)
     with tqdm(
         total=total,
         unit="letter",
@@ -124,6 +132,7 @@ async def _replay(
             default_resource_group=settings.resource_group,
             failed_at=format_utc(datetime.now(UTC)),
             dry_run=dry_run,
+            sources=sources,
             on_examined=lambda: _advance(bar),
             on_plan=on_plan,
         )
@@ -142,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"metricrelay replay: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    keys = Keys(settings.prefix)
+    keys = settings.keys()  # where letters go: today's layout
+    sources = shards_in_play(settings)  # where they come from: every layout in play
     letters: list[dict[str, Any]] = []
 
     def on_plan(plan: ReplayPlan) -> None:
@@ -152,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(_plan_line(plan, dry_run=True), file=sys.stdout)
 
     async def main(client: Any) -> ReplaySummary:
-        return await _replay(client, keys, flt, settings, dry_run=args.dry_run, on_plan=on_plan)
+        return await _replay(
+            client, keys, sources, flt, settings, dry_run=args.dry_run, on_plan=on_plan
+        )
 
     code, summary = run_with_redis(settings, args.timeout, main)
     if summary is None:
@@ -161,5 +173,5 @@ def run(args: argparse.Namespace) -> int:
         document = {"summary": summary.as_json(), "letters": letters}
         sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(_summary_line(summary, keys.events))
+        print(_summary_line(summary, events_pattern([keys])))
     return 0

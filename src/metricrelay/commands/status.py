@@ -15,8 +15,9 @@ from metricrelay.commands._ops import (
     run_with_redis,
     settings_or_exit,
 )
-from metricrelay.keys import Keys
-from metricrelay.ops.status import gather, to_json
+from metricrelay.ops.layout import dead_pattern, events_pattern, layouts, shards_in_play
+from metricrelay.ops.status import to_json
+from metricrelay.ops.status_total import gather_all
 from metricrelay.ops.table import format_table
 from metricrelay.settings import redact_url
 
@@ -28,7 +29,9 @@ _TOP: Final = 10  # rows per table on a terminal; --json has them all
 _EPILOG = """\
 exit codes: 0 all within the thresholds; 1 an error (Redis unreachable, bad settings);
 2 --max-lag or --max-pending exceeded (argparse also exits 2 on a usage error).
---json prints one document (schema 1, keys documented in the README, "Operations")."""
+--json prints one document (schema 1, keys documented in the README, "Operations").
+With several shards (METRICRELAY_SHARDS, and METRICRELAY_DRAIN_SHARDS while changing it) the
+totals add up every shard and "shards" has one row per shard."""
 
 
 def register(subparsers: Any) -> None:
@@ -50,7 +53,8 @@ def register(subparsers: Any) -> None:
         type=non_negative,
         default=10_000,
         help="read at most this many pending entries, undelivered entries and dead letters "
-        "each, for the per-execution tables (default 10000); counts say when it was reached",
+        "each, for the per-execution tables (default 10000; shared out among shards); "
+        "counts say when it was reached",
     )
     parser.set_defaults(handler=run)
 
@@ -59,23 +63,26 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit(args)
     if settings is None:
         return EXIT_ERROR
-    keys = Keys(settings.prefix)
+    in_play = layouts(settings)
     # a fallback lag count must be able to see past --max-lag, or exit 0 could be a guess
     lag_scan_min = 0 if args.max_lag is None else args.max_lag + 1
 
     async def main(client: Any) -> dict[str, Any]:
-        status = await gather(
+        overview = await gather_all(
             client,
-            keys,
+            shards_in_play(settings),
+            events_key=events_pattern(in_play),
+            dead_key=dead_pattern(in_play),
             default_resource_group=settings.resource_group,
             scan_limit=args.scan_limit,
             lag_scan_min=lag_scan_min,
         )
         return to_json(
-            status,
+            overview.total,
             redis=redact_url(settings.redis_url),
             max_lag=args.max_lag,
             max_pending=args.max_pending,
+            shards=overview.shards,
         )
 
     code, payload = run_with_redis(settings, args.timeout, main)
@@ -120,9 +127,22 @@ def _header(payload: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _shard_table(payload: dict[str, Any]) -> list[str]:
+    """One row per shard, when there is more than one (the header has the only one's)."""
+    shards = payload["shards"]
+    if len(shards) < 2:
+        return []
+    rows = [
+        [s["name"], s["owner"] or "-", s["length"], s["lag"], s["pending"], s["dead"]]
+        for s in shards
+    ]
+    headers = ("SHARD", "OWNER", "LENGTH", "LAG", "PENDING", "DEAD")
+    return ["", format_table(headers, rows)]
+
+
 def _tables(payload: dict[str, Any]) -> list[str]:
     group, backlog, dead = payload["group"], payload["backlog"], payload["dead"]
-    out = []
+    out = _shard_table(payload)
     consumers = [[c["name"], c["pending"], _seconds(c["idle_ms"])] for c in group["consumers"]]
     if consumers:
         out += ["", format_table(("CONSUMER", "PENDING", "IDLE"), consumers)]

@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 _FLAGS: tuple[tuple[str, str, type], ...] = (
     ("--redis-url", "redis_url", str),
     ("--prefix", "prefix", str),
+    ("--shards", "shards", int),
+    ("--only-shards", "only_shards", str),
+    ("--drain-shards", "drain_shards", int),
+    ("--lease-ttl", "lease_ttl", float),
     ("--api-url", "api_url", str),
     ("--auth-url", "auth_url", str),
     ("--client-id", "client_id", str),
@@ -57,6 +61,14 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="process until the stream has no new and no pending entries, then exit 0",
     )
+    parser.add_argument(
+        "--cluster",
+        dest="cluster",
+        action="store_const",
+        const=True,
+        default=None,
+        help="the Redis URL is a Redis Cluster node (as a redis+cluster:// URL says)",
+    )
     for flag, field, kind in _FLAGS:
         parser.add_argument(flag, dest=field, type=kind, default=None)
     parser.set_defaults(handler=run)
@@ -65,7 +77,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from metricrelay.service import run_worker  # noqa: PLC0415 - keeps --help fast
 
-    overrides = {f: getattr(args, f) for _, f, _ in _FLAGS if getattr(args, f) is not None}
+    fields = [f for _, f, _ in _FLAGS] + ["cluster"]
+    overrides = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     try:
         settings = Settings.from_sources(overrides)
         settings.auth_mode()

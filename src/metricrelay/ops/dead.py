@@ -1,11 +1,16 @@
-"""Dead-letter filters, a bounded chunked scan of the dead-letter stream, summaries and purge."""
+"""Dead-letter filters, a bounded chunked scan of the dead-letter streams, summaries and purge.
+
+Dead-letter ids are unique only within one stream. With more than one dead stream in play
+(``METRICRELAY_SHARDS`` > 1, or a layout being drained) a letter is named ``<shard>/<id>``, e.g.
+``3of8/1700000000000-0`` (:func:`parse_ref`); with one stream, by its plain id as always.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -13,7 +18,7 @@ import orjson
 
 from metricrelay import timestamps
 from metricrelay.deadletter import DeadLetter, Reason
-from metricrelay.keys import Keys
+from metricrelay.keys import Keys, ShardKeys
 
 __all__ = [
     "DeadFilter",
@@ -24,7 +29,9 @@ __all__ = [
     "id_key",
     "inspect_resource",
     "parse_bound",
+    "parse_ref",
     "purge",
+    "purge_refs",
     "record_json",
 ]
 
@@ -118,37 +125,60 @@ class DeadFilter:
         return self.execution is None or info.execution_id == self.execution
 
 
+StreamKeys = Keys | ShardKeys  # one event stream and its dead-letter stream
+
+
 @dataclass(frozen=True, slots=True)
 class DeadRecord:
-    """One dead letter with its id in the dead-letter stream."""
+    """One dead letter with its id in its dead-letter stream (``shard``'s, when known)."""
 
     id: str
     letter: DeadLetter
     info: ResourceInfo
+    shard: ShardKeys | None = field(default=None, compare=False)
+    qualified: bool = False  # several dead streams are in play: name it <shard>/<id>
+
+    @property
+    def ref(self) -> str:
+        """How commands show the letter and accept it back (:func:`parse_ref`)."""
+        if self.qualified and self.shard is not None:
+            return f"{self.shard.name}/{self.id}"
+        return self.id
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class DeadScan:
-    """Matching dead letters in stream order, read ``chunk`` at a time.
+def _as_shard(keys: StreamKeys) -> ShardKeys:
+    if isinstance(keys, ShardKeys):
+        return keys
+    keys.dead  # noqa: B018 - raises ValueError for a sharded layout: name a shard instead
+    return keys.shard(0)
 
-    The scan stops at the last entry that existed when it began, so what a replay appends to
-    the dead-letter stream while it runs is never read back (no endless loop).
+
+class DeadScan:
+    """Matching dead letters, one dead-letter stream after the other, each in stream order,
+    read ``chunk`` at a time; ``flt.limit`` counts over all of them.
+
+    Streams are read one after the other, not merged by time, so memory stays one chunk however
+    many shards there are. Each stream's scan stops at the last entry that existed when the
+    scan began (all ends are read first), so what a replay appends to any dead-letter stream
+    while it runs is never read back (no endless loop, no letter replayed twice).
     """
 
     def __init__(
         self,
         redis: Any,
-        keys: Keys,
+        keys: StreamKeys | Sequence[ShardKeys],
         flt: DeadFilter,
         *,
         chunk: int = DEFAULT_CHUNK,
         on_examined: Callable[[], None] | None = None,
     ) -> None:
         self.redis = redis
-        self.keys = keys
+        self.shards = [_as_shard(keys)] if isinstance(keys, Keys | ShardKeys) else list(keys)
+        self.qualified = len(self.shards) > 1
         self.filter = flt
         self.chunk = chunk
         self.on_examined = on_examined
@@ -156,8 +186,8 @@ class DeadScan:
         self.matched = 0
         self.unreadable = 0
 
-    async def _end(self) -> str | None:
-        newest = await self.redis.xrevrange(self.keys.dead, "+", "-", count=1)
+    async def _end(self, shard: ShardKeys) -> str | None:
+        newest = await self.redis.xrevrange(shard.dead, "+", "-", count=1)
         if not newest:
             return None
         last = _text(newest[0][0])
@@ -166,52 +196,107 @@ class DeadScan:
             return wanted
         return last
 
+    def _full(self) -> bool:
+        return self.filter.limit is not None and self.matched >= self.filter.limit
+
     async def records(self) -> AsyncIterator[DeadRecord]:
-        end = await self._end()
-        if end is None or self.filter.limit == 0:
+        if self.filter.limit == 0:
             return
+        ends = [(shard, await self._end(shard)) for shard in self.shards]
+        for shard, end in ends:
+            if end is None:
+                continue
+            async for record in self._stream(shard, end):
+                yield record
+                if self._full():
+                    return
+
+    async def _stream(self, shard: ShardKeys, end: str) -> AsyncIterator[DeadRecord]:
         start = self.filter.start
         while True:
-            rows = await self.redis.xrange(self.keys.dead, start, end, count=self.chunk)
+            rows = await self.redis.xrange(shard.dead, start, end, count=self.chunk)
             for raw_id, fields in rows:
-                record = self._record(_text(raw_id), fields)
+                record = self._record(shard, _text(raw_id), fields)
                 if record is not None and self.filter.matches(record.letter, record.info):
                     self.matched += 1
                     yield record
-                    if self.filter.limit is not None and self.matched >= self.filter.limit:
+                    if self._full():
                         return
             if len(rows) < self.chunk:
                 return
             start = "(" + _text(rows[-1][0])
 
-    def _record(self, dead_id: str, fields: dict[bytes, bytes]) -> DeadRecord | None:
+    def _record(
+        self, shard: ShardKeys, dead_id: str, fields: dict[bytes, bytes]
+    ) -> DeadRecord | None:
         self.examined += 1
         if self.on_examined is not None:
             self.on_examined()
+        name = f"{shard.name}/{dead_id}" if self.qualified else dead_id
         try:
             letter = DeadLetter.from_fields(fields)
         except ValueError as exc:  # written by something else than metricrelay: leave it be
             self.unreadable += 1
-            log.warning("dead letter %s is unreadable and skipped: %s", dead_id, exc)
+            log.warning("dead letter %s is unreadable and skipped: %s", name, exc)
             return None
-        return DeadRecord(dead_id, letter, inspect_resource(letter.resource))
+        info = inspect_resource(letter.resource)
+        return DeadRecord(dead_id, letter, info, shard, self.qualified)
 
 
-async def fetch(redis: Any, keys: Keys, dead_id: str) -> DeadRecord | None:
-    """One dead letter by its id, or None when there is none."""
+def parse_ref(text: str, shards: Sequence[ShardKeys]) -> tuple[ShardKeys, str]:
+    """``<shard>/<id>`` (or a plain id when ``shards`` is one stream) → (shard, id).
+
+    A plain id among several streams is refused rather than looked up everywhere: ids are
+    unique only per stream, so a guess could show or delete the wrong letter.
+    """
+    name, slash, dead_id = text.strip().rpartition("/")
+    if not slash:
+        if len(shards) != 1:
+            examples = ", ".join(s.name for s in shards[:3])
+            raise ValueError(
+                f"{text!r}: there are {len(shards)} dead-letter streams; name the shard as "
+                f"<shard>/<id>, e.g. {shards[0].name}/{text.strip()} (shards: {examples}, …)"
+            )
+        id_key(dead_id)
+        return shards[0], dead_id
     id_key(dead_id)
-    rows = await redis.xrange(keys.dead, dead_id, dead_id, count=1)
+    for shard in shards:
+        if shard.name == name:
+            return shard, dead_id
+    raise ValueError(f"{text!r}: no shard {name!r} in play")
+
+
+async def fetch(
+    redis: Any, keys: StreamKeys, dead_id: str, *, qualified: bool = False
+) -> DeadRecord | None:
+    """One dead letter by its id in ``keys``' dead-letter stream, or None when there is none."""
+    id_key(dead_id)
+    shard = _as_shard(keys)
+    rows = await redis.xrange(shard.dead, dead_id, dead_id, count=1)
     if not rows:
         return None
     letter = DeadLetter.from_fields(rows[0][1])
-    return DeadRecord(dead_id, letter, inspect_resource(letter.resource))
+    return DeadRecord(dead_id, letter, inspect_resource(letter.resource), shard, qualified)
 
 
-async def purge(redis: Any, keys: Keys, ids: Sequence[str], chunk: int = 500) -> int:
+async def purge(redis: Any, keys: StreamKeys, ids: Sequence[str], chunk: int = 500) -> int:
     """XDEL these dead letters; returns how many existed and are now gone."""
+    dead = _as_shard(keys).dead
     deleted = 0
     for start in range(0, len(ids), chunk):
-        deleted += int(await redis.xdel(keys.dead, *ids[start : start + chunk]))
+        deleted += int(await redis.xdel(dead, *ids[start : start + chunk]))
+    return deleted
+
+
+async def purge_refs(redis: Any, refs: Sequence[tuple[ShardKeys, str]]) -> int:
+    """XDEL letters of several dead-letter streams (one XDEL per stream and chunk: a cluster
+    refuses a command whose keys live in different slots)."""
+    by_shard: dict[ShardKeys, list[str]] = {}
+    for shard, dead_id in refs:
+        by_shard.setdefault(shard, []).append(dead_id)
+    deleted = 0
+    for shard, ids in by_shard.items():
+        deleted += await purge(redis, shard, ids)
     return deleted
 
 
@@ -219,7 +304,7 @@ def record_json(record: DeadRecord, *, with_resource: bool = False) -> dict[str,
     """The documented JSON form of a dead letter (``dead list --json`` / ``dead show --json``)."""
     letter, info = record.letter, record.info
     out: dict[str, Any] = {
-        "id": record.id,
+        "id": record.ref,
         "failed_at": letter.failed_at,
         "reason": letter.reason.value,
         "status": letter.status,
@@ -231,6 +316,9 @@ def record_json(record: DeadRecord, *, with_resource: bool = False) -> dict[str,
         "source_ids": list(letter.source_ids),
         "error": letter.error,
     }
+    if record.qualified and record.shard is not None:
+        out["shard"] = record.shard.name
+        out["stream_id"] = record.id
     if with_resource:
         out["resource_is_json"] = info.is_json
         out["resource"] = (

@@ -7,22 +7,29 @@ new dead letter for each part that is still invalid; only then XDEL the original
 between the two steps leaves the original in place beside its replacements: nothing is lost,
 and a second replay duplicates at most that one letter. A letter that would come back unchanged
 (same reason, same bytes, nothing valid) is left where it is.
+
+Shards: letters are read from every dead-letter stream in play (``sources``: the current layout
+and a layout being drained) and go to the shard the *current* layout routes their execution to;
+the fragments and the new dead letters of one letter all go to that one shard, so the MULTI/EXEC
+stays in one Redis Cluster slot. The XDEL goes to the stream the letter came from.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Final
+
+from redis.asyncio.cluster import RedisCluster
 
 from metricrelay.batching import Coalescer, Limits
 from metricrelay.codec import decode_entry
 from metricrelay.deadletter import DeadLetter, Reason
-from metricrelay.keys import Keys
+from metricrelay.keys import Keys, ShardKeys
 from metricrelay.ops.dead import DeadFilter, DeadRecord, DeadScan, id_key
 
-__all__ = ["ReplayPlan", "ReplaySummary", "plan_letter", "replay"]
+__all__ = ["ReplayPlan", "ReplaySummary", "destination", "plan_letter", "replay"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ class ReplayPlan:
     fragments: list[bytes]
     items: int
     still_dead: list[DeadLetter]
+    destination: ShardKeys | None = None  # where it goes; set by replay(), not plan_letter()
 
     @property
     def unchanged(self) -> bool:
@@ -130,20 +138,74 @@ def plan_letter(
     return ReplayPlan(record, fragments, items, still_dead)
 
 
-async def _apply(
-    redis: Any, keys: Keys, plan: ReplayPlan, after_append: Callable[[ReplayPlan], None] | None
-) -> None:
-    # One transaction: a crash cannot leave half of a letter's replacements appended.
-    pipe = redis.pipeline(transaction=True)
-    for fragment in plan.fragments:
-        pipe.xadd(keys.events, {"resource": fragment})
+def destination(layout: Keys, record: DeadRecord, default_resource_group: str) -> ShardKeys:
+    """The shard of ``layout`` a dead letter's replacements go to."""
+    execution = record.info.execution_id
+    if execution is not None:
+        return layout.route(record.info.resource_group or default_resource_group, execution)
+    # Unroutable (not JSON, or no executionId): nothing of it can reach the API, so only where
+    # its new dead letter lands is at stake. It stays on its own shard when the layout is the
+    # same (a replay changes nothing else about it), else shard 0 of today's layout: the old
+    # layout is being drained and must end up empty.
+    origin = record.shard
+    if origin is not None and origin.count == layout.shards and origin.prefix == layout.prefix:
+        return layout.shard(origin.index)
+    return layout.shard(0)
+
+
+# A letter's replacements in one atomic step, so that a crash cannot leave half of them appended:
+# a script, whose keys (a shard's event and dead-letter streams) share the shard's slot (keys.py).
+# KEYS: events, dead. ARGV: n, n fragments, then per new dead letter 2m and its m field/values.
+_APPEND: Final = """
+local n = tonumber(ARGV[1])
+for i = 2, 1 + n do
+  redis.call('XADD', KEYS[1], '*', 'resource', ARGV[i])
+end
+local at = 2 + n
+while at <= #ARGV do
+  local m = tonumber(ARGV[at])
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, at + 1, at + m))
+  at = at + 1 + m
+end
+return n
+"""
+
+
+async def _append(redis: Any, target: ShardKeys, plan: ReplayPlan) -> None:
+    if target.count == 1 and isinstance(redis, RedisCluster):
+        # One shard on a cluster: its two streams are in different slots, so no single step
+        # covers both. A crash in between repeats the fragments on the next replay (at least
+        # once); nothing is lost, as the dead letter is deleted only after both.
+        pipe: Any = redis.pipeline(transaction=False)
+        for fragment in plan.fragments:
+            pipe.xadd(target.events, {"resource": fragment})
+        for letter in plan.still_dead:
+            pipe.xadd(target.dead, letter.fields())
+        await pipe.execute()
+        return
+    args: list[Any] = [len(plan.fragments), *plan.fragments]
     for letter in plan.still_dead:
-        pipe.xadd(keys.dead, letter.fields())
-    await pipe.execute()
+        items = _flat(letter.fields())
+        args += [len(items), *items]
+    await redis.eval(_APPEND, 2, target.events, target.dead, *args)
+
+
+def _flat(fields: Mapping[str, Any]) -> list[Any]:
+    return [part for name, value in fields.items() for part in (name, value)]
+
+
+async def _apply(
+    redis: Any, plan: ReplayPlan, after_append: Callable[[ReplayPlan], None] | None
+) -> None:
+    record, target = plan.record, plan.destination
+    if record.shard is None or target is None:  # pragma: no cover - replay() sets both
+        raise ValueError("a plan to apply needs its source and destination shard")
+    await _append(redis, target, plan)
     if after_append is not None:
         after_append(plan)  # the crash point tests inject, between append and delete
-    if not await redis.xdel(keys.dead, plan.record.id):
-        log.warning("dead letter %s was already gone (another replay or purge?)", plan.record.id)
+    # the letter's own stream, which may be another slot (or the old layout): a second command
+    if not await redis.xdel(record.shard.dead, record.id):
+        log.warning("dead letter %s was already gone (another replay or purge?)", record.ref)
 
 
 async def replay(
@@ -155,13 +217,17 @@ async def replay(
     default_resource_group: str,
     failed_at: str,
     dry_run: bool = False,
+    sources: Sequence[ShardKeys] | None = None,
     on_examined: Callable[[], None] | None = None,
     on_plan: Callable[[ReplayPlan], None] | None = None,
     after_append: Callable[[ReplayPlan], None] | None = None,
 ) -> ReplaySummary:
-    """Replay every dead letter ``flt`` selects; see the module docstring for the guarantees."""
+    """Replay every dead letter ``flt`` selects from the dead-letter streams of ``sources``
+    (default: every shard of ``keys``) into ``keys``, the current layout; see the module
+    docstring for the guarantees."""
     summary = ReplaySummary(dry_run)
-    scan = DeadScan(redis, keys, flt, on_examined=on_examined)
+    streams = keys.all_shards() if sources is None else sources
+    scan = DeadScan(redis, streams, flt, on_examined=on_examined)
     async for record in scan.records():
         plan = plan_letter(
             record,
@@ -169,11 +235,12 @@ async def replay(
             default_resource_group=default_resource_group,
             failed_at=failed_at,
         )
+        plan = replace(plan, destination=destination(keys, record, default_resource_group))
         if plan.unchanged:
             summary.unchanged += 1
         else:
             if not dry_run:
-                await _apply(redis, keys, plan, after_append)
+                await _apply(redis, plan, after_append)
             summary.moved += 1
             summary.fragments += len(plan.fragments)
             summary.items += plan.items

@@ -4,6 +4,9 @@ Every read of entries is bounded: at most ``scan_limit`` pending entries, ``scan
 undelivered entries and ``scan_limit`` dead letters are read, in chunks, and the result says
 when a bound was hit (``capped``). Lengths and counts that Redis keeps (XLEN, XPENDING, XINFO)
 are always exact. The JSON form (:func:`to_json`, schema 1) is documented in the README.
+
+:func:`gather` reads one event stream and its dead-letter stream; ``status_total`` gathers every
+shard in play and adds them up.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import orjson
 from redis.exceptions import ResponseError
 
 from metricrelay.deadletter import Reason
-from metricrelay.keys import Keys
-from metricrelay.ops.dead import id_key, inspect_resource
+from metricrelay.keys import ShardKeys
+from metricrelay.ops.dead import StreamKeys, id_key, inspect_resource
 from metricrelay.timestamps import format_utc
 
 __all__ = ["SCHEMA_VERSION", "Backlog", "Consumer", "Status", "exceeded", "gather", "to_json"]
@@ -74,6 +77,8 @@ class Status:
     dead_capped: bool = False
     dead_by_reason: Counter[str] = field(default_factory=Counter)
     dead_by_execution: Counter[ExecutionKey] = field(default_factory=Counter)
+    shard: ShardKeys | None = None  # the one shard read; None for a sum over shards
+    owner: str | None = None  # the worker holding the shard's lease (sharded layouts only)
 
     @property
     def oldest_pending_age_ms(self) -> int | None:
@@ -107,7 +112,7 @@ def _execution(resource: bytes | None, default_group: str) -> tuple[ExecutionKey
 
 async def gather(
     redis: Any,
-    keys: Keys,
+    keys: StreamKeys,
     *,
     default_resource_group: str,
     scan_limit: int,
@@ -120,7 +125,11 @@ async def gather(
         seconds, micros = await redis.time()
         now_ms = seconds * 1000 + micros // 1000
     status = Status(now_ms, keys.events, keys.dead, keys.group)
+    status.shard = keys if isinstance(keys, ShardKeys) else keys.shard(0)
     await _stream(redis, keys, status)
+    if status.shard.count > 1:
+        owner = await redis.get(status.shard.lease)
+        status.owner = None if owner is None else _text(owner)
     await _group(redis, keys, status)
     await _pending_backlog(redis, keys, status, default_resource_group, scan_limit)
     budget = scan_limit if status.lag_source == "redis" else max(scan_limit, lag_scan_min)
@@ -129,7 +138,7 @@ async def gather(
     return status
 
 
-async def _stream(redis: Any, keys: Keys, status: Status) -> None:
+async def _stream(redis: Any, keys: StreamKeys, status: Status) -> None:
     status.length = int(await redis.xlen(keys.events))
     if status.length:
         first = await redis.xrange(keys.events, "-", "+", count=1)
@@ -138,7 +147,7 @@ async def _stream(redis: Any, keys: Keys, status: Status) -> None:
         status.last_id = _text(last[0][0]) if last else None
 
 
-async def _group(redis: Any, keys: Keys, status: Status) -> None:
+async def _group(redis: Any, keys: StreamKeys, status: Status) -> None:
     try:
         groups = await redis.xinfo_groups(keys.events)
     except ResponseError:  # no stream yet: no worker ever ran and no producer wrote
@@ -166,7 +175,7 @@ async def _group(redis: Any, keys: Keys, status: Status) -> None:
 
 
 async def _pending_backlog(
-    redis: Any, keys: Keys, status: Status, default_group: str, limit: int
+    redis: Any, keys: StreamKeys, status: Status, default_group: str, limit: int
 ) -> None:
     """Tally the oldest ``limit`` pending entries per execution."""
     start, read = "-", 0
@@ -196,7 +205,7 @@ async def _pending_backlog(
 
 
 async def _undelivered_backlog(
-    redis: Any, keys: Keys, status: Status, default_group: str, limit: int
+    redis: Any, keys: StreamKeys, status: Status, default_group: str, limit: int
 ) -> None:
     """Tally up to ``limit`` entries not yet delivered; count the lag when Redis could not."""
     last = status.last_delivered_id
@@ -224,7 +233,7 @@ async def _undelivered_backlog(
             status.lag_source = "scan_capped"  # a lower bound: the scan stopped at its budget
 
 
-async def _dead(redis: Any, keys: Keys, status: Status, limit: int) -> None:
+async def _dead(redis: Any, keys: StreamKeys, status: Status, limit: int) -> None:
     """Count the newest ``limit`` dead letters by reason and by execution."""
     status.dead_length = int(await redis.xlen(keys.dead))
     end, read = "+", 0
@@ -307,10 +316,45 @@ def _dead_json(status: Status) -> dict[str, Any]:
     }
 
 
+def _shard_json(status: Status) -> dict[str, Any]:
+    shard = status.shard
+    return {
+        "name": shard.name if shard is not None else "events",
+        "index": shard.index if shard is not None else 0,
+        "count": shard.count if shard is not None else 1,
+        "events": status.events_key,
+        "dead_key": status.dead_key,
+        "length": status.length,
+        "first_id": status.first_id,
+        "last_id": status.last_id,
+        "group_exists": status.group_exists,
+        "last_delivered_id": status.last_delivered_id,
+        "lag": status.lag,
+        "lag_source": status.lag_source,
+        "pending": status.pending,
+        "oldest_pending_id": status.oldest_pending_id,
+        "oldest_pending_age_ms": status.oldest_pending_age_ms,
+        "dead": status.dead_length,
+        "owner": status.owner,
+        "consumers": [
+            {"name": c.name, "pending": c.pending, "idle_ms": c.idle_ms} for c in status.consumers
+        ],
+    }
+
+
 def to_json(
-    status: Status, *, redis: str, max_lag: int | None, max_pending: int | None
+    status: Status,
+    *,
+    redis: str,
+    max_lag: int | None,
+    max_pending: int | None,
+    shards: list[Status] | None = None,
 ) -> dict[str, Any]:
-    """The ``status --json`` document (schema 1): stable keys, ids as strings, times in ms."""
+    """The ``status --json`` document (schema 1): stable keys, ids as strings, times in ms.
+
+    ``status`` holds the totals; ``shards`` the per-shard statuses they were added up from
+    (default: ``status`` is the one shard).
+    """
     return {
         "schema": SCHEMA_VERSION,
         "now": _iso(status.now_ms),
@@ -329,6 +373,7 @@ def to_json(
             "executions": _backlog_rows(status),
         },
         "dead": _dead_json(status),
+        "shards": [_shard_json(one) for one in (shards if shards is not None else [status])],
         "thresholds": {
             "max_lag": max_lag,
             "max_pending": max_pending,

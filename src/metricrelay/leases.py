@@ -1,0 +1,90 @@
+"""Which worker owns which shard: a lease per shard, renewed while its owner lives.
+
+A shard has one owner at a time, so an execution (which lives in one shard) is delivered by one
+worker and keeps its order across batches. The lease is a key in the shard's slot holding the
+owner's consumer name with a time to live (SET NX PX); the owner renews it, a worker that stops
+releases it, and a crashed worker's lease expires. Workers also beat in a sorted set so that each
+knows how many share the shards and takes only its share: ``ceil(shards / workers)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from metricrelay.keys import Keys, ShardKeys
+
+__all__ = ["Leases"]
+
+# Compare-and-set scripts: only the owner renews or deletes a lease.
+_RENEW: Final = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE: Final = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Leases:
+    """Lease operations of one worker (``me``) on the shards of one layout or more."""
+
+    def __init__(
+        self,
+        redis: Any,
+        keys: Keys,
+        me: str,
+        ttl: float,
+        *,
+        pool: str = "",
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.me = me
+        # Workers limited to some shards (only_shards) count only the workers of their own pool.
+        self.registry = f"{keys.workers}:{pool}" if pool else keys.workers
+        self.ttl_ms = max(1000, int(ttl * 1000))
+        self.wall_clock = wall_clock
+
+    async def beat(self) -> int:
+        """Say this worker is alive; how many workers are (this one included)."""
+        now = int(self.wall_clock() * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self.registry, {self.me: now})
+        pipe.zremrangebyscore(self.registry, "-inf", now - self.ttl_ms)
+        pipe.zcard(self.registry)
+        replies = await pipe.execute()
+        return max(1, int(replies[-1]))
+
+    async def leave(self) -> None:
+        await self.redis.zrem(self.registry, self.me)
+
+    @staticmethod
+    def share(shards: int, workers: int) -> int:
+        """How many shards one of ``workers`` should own."""
+        return math.ceil(shards / max(1, workers)) if shards else 0
+
+    async def acquire(self, shard: ShardKeys) -> bool:
+        return bool(await self.redis.set(shard.lease, self.me, nx=True, px=self.ttl_ms))
+
+    async def renew(self, shard: ShardKeys) -> bool:
+        """False when the lease is no longer this worker's (it expired, another took it)."""
+        return bool(await self.redis.eval(_RENEW, 1, shard.lease, self.me, self.ttl_ms))
+
+    async def release(self, shard: ShardKeys) -> None:
+        await self.redis.eval(_RELEASE, 1, shard.lease, self.me)
+
+    async def owner(self, shard: ShardKeys) -> str | None:
+        return _text(await self.redis.get(shard.lease))

@@ -1,0 +1,44 @@
+"""The shard layouts an operator command looks at: the current one, and the old one while draining.
+
+While an operator changes ``METRICRELAY_SHARDS``, ``METRICRELAY_DRAIN_SHARDS`` names the old
+count: its streams still hold entries and dead letters, so every command reads them too. The
+current layout comes first, then the old one.
+"""
+
+from __future__ import annotations
+
+from metricrelay.keys import Keys, ShardKeys
+from metricrelay.settings import Settings
+
+__all__ = ["dead_pattern", "events_pattern", "layouts", "shards_in_play"]
+
+
+def layouts(settings: Settings) -> list[Keys]:
+    """The current layout, then the draining one when ``drain_shards`` is set."""
+    current = Keys(settings.prefix, settings.shards)
+    if settings.drain_shards is None:
+        return [current]
+    return [current, Keys(settings.prefix, settings.drain_shards)]
+
+
+def shards_in_play(settings: Settings) -> list[ShardKeys]:
+    """Every shard of every layout in play, current layout first, each in index order."""
+    return [shard for layout in layouts(settings) for shard in layout.all_shards()]
+
+
+def _pattern(layout: Keys, dead: bool) -> str:
+    if layout.shards == 1:
+        return layout.dead if dead else layout.events
+    # a Redis glob ('{' is not special in one) matching exactly this layout's streams
+    kind = "dead" if dead else "events"
+    return f"{layout.prefix}:{kind}:{{*of{layout.shards}}}"
+
+
+def events_pattern(keys: list[Keys]) -> str:
+    """The event stream key with one stream; a ``SCAN MATCH`` pattern per layout otherwise."""
+    return ", ".join(_pattern(layout, dead=False) for layout in keys)
+
+
+def dead_pattern(keys: list[Keys]) -> str:
+    """As :func:`events_pattern`, for the dead-letter streams."""
+    return ", ".join(_pattern(layout, dead=True) for layout in keys)

@@ -1,0 +1,259 @@
+"""Shard ownership in one process: leases taken, shared, lost, handed back (fleet.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as redis_asyncio
+
+from metricrelay.embedded import RedisServer
+from metricrelay.fleet import Fleet
+from metricrelay.keys import Keys
+from metricrelay.service import open_worker
+
+from .test_worker import settings_for
+
+pytestmark = pytest.mark.integration
+
+KEYS = Keys("metricrelay", 4)
+
+
+def fragment(execution: str, step: int) -> bytes:
+    return orjson.dumps(
+        {"executionId": execution, "metrics": [{"name": "loss", "value": 1.0, "step": step}]}
+    )
+
+
+async def xadd_steps(client: redis_asyncio.Redis, executions: list[str], steps: range) -> None:
+    pipe = client.pipeline(transaction=False)
+    for step in steps:
+        for execution in executions:
+            pipe.xadd(
+                KEYS.route("default", execution).events, {"resource": fragment(execution, step)}
+            )
+    await pipe.execute()
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.05)  # the fleet works in the background: poll with a deadline
+
+
+@contextlib.asynccontextmanager
+async def running_fleet(
+    redis_server: RedisServer, api_url: str, name: str, **overrides: Any
+) -> AsyncIterator[Fleet]:
+    settings = settings_for(
+        redis_server, api_url, shards=4, lease_ttl=1.0, consumer_name=name, **overrides
+    )
+    async with AsyncExitStack() as stack:
+        fleet = await open_worker(settings, stack)
+        assert isinstance(fleet, Fleet)
+        stop = asyncio.Event()
+        task = asyncio.create_task(fleet.run(stop))
+        try:
+            yield fleet
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+
+def steps_by_execution(api: Any) -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = {}
+    for document in api.accepted:
+        seen.setdefault(document["executionId"], []).extend(
+            m["step"] for m in document.get("metrics", [])
+        )
+    return seen
+
+
+async def test_two_fleets_share_the_shards_and_hand_them_back_on_stop(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+) -> None:
+    executions = [f"exec-{n:03d}" for n in range(12)]
+
+    async def owners() -> dict[str, bytes | None]:
+        return {s.name: await redis_client.get(s.lease) for s in KEYS.all_shards()}
+
+    async with running_fleet(redis_server, scripted_api.url, "fleet-a") as a:
+        await until(lambda: _owned_by(owners, {b"fleet-a": 4}))
+        async with running_fleet(redis_server, scripted_api.url, "fleet-b") as b:
+            # b joins: a hands two shards back (after draining them), b takes them
+            await until(lambda: _owned_by(owners, {b"fleet-a": 2, b"fleet-b": 2}))
+            await xadd_steps(redis_client, executions, range(50))
+            await until(lambda: _delivered(scripted_api, 600))
+            # the API holds the points before the worker acknowledges them: wait for the acks;
+            # each fleet's two shards hold six of the twelve executions
+            await until(lambda: _acked(a, b, want=(300, 300)))
+        # b stopped: it released its shards, and a takes them back
+        await until(lambda: _owned_by(owners, {b"fleet-a": 4}))
+        await xadd_steps(redis_client, executions, range(50, 60))
+        await until(lambda: _delivered(scripted_api, 720))
+    assert await owners() == dict.fromkeys(owners_names(), None)  # all released on stop
+    for execution, steps in steps_by_execution(scripted_api).items():
+        assert steps == sorted(steps), f"{execution} out of order"
+        assert sorted(steps) == list(range(60))
+    assert not await redis_client.zrange(KEYS.workers, 0, -1)  # both left the registry
+
+
+async def _acked(*fleets: Fleet, want: tuple[int, ...]) -> bool:
+    return tuple(f.stats.get("entries_acked", 0) for f in fleets) == want
+
+
+def owners_names() -> list[str]:
+    return [s.name for s in KEYS.all_shards()]
+
+
+async def _owned_by(
+    owners: Callable[[], Awaitable[dict[str, bytes | None]]], want: dict[bytes, int]
+) -> bool:
+    counts: dict[bytes, int] = {}
+    for owner in (await owners()).values():
+        if owner is None:
+            return False
+        counts[owner] = counts.get(owner, 0) + 1
+    return counts == want
+
+
+async def _delivered(api: Any, points: int) -> bool:
+    return sum(len(d.get("metrics", [])) for d in api.accepted) >= points
+
+
+async def test_a_lost_lease_stops_work_on_that_shard_at_once(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+) -> None:
+    shard = KEYS.shard(0)
+    async with running_fleet(redis_server, scripted_api.url, "fleet-a") as fleet:
+        await until(lambda: _has(fleet, shard.events, True))
+        await redis_client.set(shard.lease, "intruder", px=60_000)  # another worker has it now
+        await until(lambda: _has(fleet, shard.events, False), timeout=5)
+        execution = next(
+            f"exec-{n}" for n in range(100) if KEYS.route("default", f"exec-{n}") == shard
+        )
+        await xadd_steps(redis_client, [execution], range(5))
+        await asyncio.sleep(1.0)  # several ticks: the fleet must not take the shard back
+        assert shard.events not in fleet.owned
+        assert await redis_client.get(shard.lease) == b"intruder"
+    assert not scripted_api.accepted  # nothing of the shard was delivered by the old owner
+    assert await redis_client.get(shard.lease) == b"intruder"  # and its lease was not deleted
+
+
+async def _has(fleet: Fleet, events: str, wanted: bool) -> bool:
+    return (events in fleet.owned) == wanted
+
+
+@pytest.mark.parametrize("previous", ["crashed", "fleet-a"])
+async def test_a_new_owner_finishes_what_the_last_one_left_before_reading_on(
+    redis_server: RedisServer,
+    redis_client: redis_asyncio.Redis,
+    scripted_api: Any,
+    previous: str,
+) -> None:
+    """A crashed owner's pending entries come first, then the newer ones: order kept. Also when
+    the previous owner had the same consumer name (a container restarted in its pod)."""
+    shard = KEYS.shard(1)
+    execution = next(f"exec-{n}" for n in range(100) if KEYS.route("default", f"exec-{n}") == shard)
+    await redis_client.xgroup_create(shard.events, shard.group, id="0", mkstream=True)
+    await xadd_steps(redis_client, [execution], range(10))
+    # a worker read them and died: they are pending for a consumer that is gone
+    await redis_client.xreadgroup(shard.group, previous, {shard.events: ">"}, count=100)
+    await xadd_steps(redis_client, [execution], range(10, 20))
+    # the reclaim time is linger + retry budget + 2 request timeouts + 5 s: about 6 s here
+    async with running_fleet(
+        redis_server, scripted_api.url, "fleet-a", retry_budget=0.2, request_timeout=0.2
+    ):
+        await until(lambda: _delivered(scripted_api, 20), timeout=30)
+    assert steps_by_execution(scripted_api)[execution] == list(range(20))
+    summary = await redis_client.xpending(shard.events, shard.group)
+    assert summary["pending"] == 0
+
+
+async def test_only_shards_limits_what_a_fleet_takes(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+) -> None:
+    async with running_fleet(redis_server, scripted_api.url, "pool-a", only_shards="1,3") as a:
+        await until(lambda: _has(a, KEYS.shard(3).events, True))
+        await asyncio.sleep(0.6)  # a few more ticks: nothing else is taken
+        assert sorted(a.owned) == [KEYS.shard(1).events, KEYS.shard(3).events]
+        assert a.metrics is not None
+        assert a.metrics.registry.get_sample_value("metricrelay_shards_owned") == 2
+        assert await redis_client.get(KEYS.shard(0).lease) is None
+
+
+async def test_pools_of_workers_share_only_their_own_shards(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+) -> None:
+    """A pool of one worker for shards 0-2 and a pool of three for shard 3: the lone worker
+    takes all three of its shards, as its share counts only the workers of its own pool."""
+    pools = (("p1", "0-2"), ("p2-a", "3"), ("p2-b", "3"), ("p2-c", "3"))
+    async with contextlib.AsyncExitStack() as stack:
+        fleets = [
+            await stack.enter_async_context(
+                running_fleet(redis_server, scripted_api.url, name, only_shards=spec)
+            )
+            for name, spec in pools
+        ]
+
+        async def balanced() -> bool:
+            owned = [fleet.shards_owned for fleet in fleets]
+            return owned[0] == 3 and sum(owned[1:]) == 1
+
+        await until(balanced)
+    assert not await redis_client.keys("metricrelay:workers*")
+
+
+async def test_a_fleet_rides_out_a_redis_restart_longer_than_its_leases(
+    scripted_api: Any,
+) -> None:
+    """Redis away for longer than the lease TTL: the fleet stops working on its shards (its
+    leases may be another's by then), takes them again once Redis is back, and loses nothing."""
+    executions = [f"exec-{n:03d}" for n in range(8)]
+    with RedisServer(appendonly="always") as server:
+        client = redis_asyncio.Redis.from_url(server.url)
+        try:
+            await xadd_steps(client, executions, range(20))
+            async with running_fleet(server, scripted_api.url, "fleet-r") as fleet:
+                await until(lambda: _delivered(scripted_api, 160))
+                await asyncio.to_thread(server.stop)
+                await asyncio.sleep(2.0)  # lease TTL is 1 s
+                assert fleet.shards_owned == 0  # it gave up its shards while it could not renew
+                await asyncio.to_thread(server.restart)
+                await client.aclose()  # its connection died with the server
+                client = redis_asyncio.Redis.from_url(server.url)
+                await xadd_steps(client, executions, range(20, 40))
+                await until(lambda: _delivered(scripted_api, 320), timeout=30)
+                await until(lambda: _shards_owned(fleet, 4))
+        finally:
+            await client.aclose()
+    for execution, steps in steps_by_execution(scripted_api).items():
+        assert steps == list(range(40)), f"{execution}: {steps}"
+
+
+async def _shards_owned(fleet: Fleet, count: int) -> bool:
+    return fleet.shards_owned == count
+
+
+async def test_an_entry_in_the_wrong_shard_is_delivered_and_counted(
+    redis_server: RedisServer,
+    redis_client: redis_asyncio.Redis,
+    scripted_api: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    home = KEYS.route("default", "exec-stray")
+    wrong = KEYS.shard((home.index + 1) % 4)
+    await redis_client.xadd(wrong.events, {"resource": fragment("exec-stray", 1)})
+    await redis_client.xadd(home.events, {"resource": fragment("exec-stray", 2)})
+    async with running_fleet(redis_server, scripted_api.url, "fleet-m") as fleet:
+        await until(lambda: _delivered(scripted_api, 2))
+        assert fleet.stats.get("entries_misrouted") == 1
+        assert fleet.metrics is not None
+        registry = fleet.metrics.registry
+        assert registry.get_sample_value("metricrelay_events_misrouted_total") == 1
+    assert any("does not follow the routing rule" in r.getMessage() for r in caplog.records)
