@@ -1,16 +1,17 @@
 """deploy/: every rendered object validates against its schema, and the wiring holds together.
 
 Rendering: ``kustomize build`` or ``kubectl kustomize`` when either is on PATH; otherwise the
-documents of each kustomization's ``resources`` are read directly, applying the only two
-transformations our kustomizations use (``namespace``, ``images``) — and when a tool is there,
-a test checks that this fallback renders exactly what the tool renders.
+documents of each kustomization's ``resources`` are read directly, applying the only
+transformations our kustomizations use (``namespace``, ``images``, and ``patches`` that merge
+maps, replace lists and delete on null) — and when a tool is there, a test checks that this
+fallback renders exactly what the tool renders.
 
 Schemas: core objects against the Kubernetes OpenAPI schemas that ``kubernetes-validate``
 ships (strict: unknown fields are errors). KEDA's ScaledObject is a CRD, not in those: it is
 validated against ``schemas/keda-scaledobject-v1alpha1.json`` (generated from the models of
 cloudcoil-models-keda 2.16.1.0, which are generated from KEDA 2.16.1's CRD; see its $comment),
-and the redis-streams trigger's metadata — a free string map in the CRD — is checked
-field by field against KEDA's documented parameters.
+and the redis-streams and redis-cluster-streams triggers' metadata — a free string map in the
+CRD — is checked field by field against KEDA's documented parameters.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pytest
 import redis
 import yaml
 
+from metricrelay.connection import is_cluster, startup_nodes
 from metricrelay.embedded import RedisServer, find_redis_server
 from metricrelay.keys import CONSUMER_GROUP, Keys
 from metricrelay.settings import ENV_PREFIX, Settings
@@ -35,17 +37,28 @@ from metricrelay.settings import ENV_PREFIX, Settings
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-TARGETS = ("base", "redis", "overlays/with-redis")
+TARGETS = ("base", "redis", "overlays/with-redis", "overlays/sharded-cluster")
 K8S_VERSION = "1.30.0"
 KEDA_SCHEMA = json.loads(
     (Path(__file__).parent / "schemas/keda-scaledobject-v1alpha1.json").read_text()
 )
-# redis-streams trigger metadata, from KEDA's scaler documentation
-REDIS_STREAMS_FIELDS = {
-    "address", "host", "port", "addressFromEnv", "hostFromEnv", "portFromEnv",
+# redis-streams and redis-cluster-streams trigger metadata, from KEDA's scaler documentation
+_STREAM_FIELDS = {
     "usernameFromEnv", "passwordFromEnv", "stream", "consumerGroup", "pendingEntriesCount",
-    "streamLength", "lagCount", "activationLagCount", "enableTLS", "unsafeSsl", "databaseIndex",
+    "streamLength", "lagCount", "activationLagCount", "enableTLS", "unsafeSsl",
 }  # fmt: skip
+TRIGGER_FIELDS = {
+    "redis-streams": _STREAM_FIELDS | {
+        "address", "host", "port", "addressFromEnv", "hostFromEnv", "portFromEnv", "databaseIndex",
+    },
+    "redis-cluster-streams": _STREAM_FIELDS | {
+        "addresses", "hosts", "ports", "addressesFromEnv", "hostsFromEnv", "portsFromEnv",
+    },
+}  # fmt: skip
+TRIGGER_ADDRESS = {
+    "redis-streams": {"address", "host", "addressFromEnv", "hostFromEnv"},
+    "redis-cluster-streams": {"addresses", "hosts", "addressesFromEnv", "hostsFromEnv"},
+}
 # Read by the CLI rather than Settings (logging must work before settings do).
 CLI_VARIABLES = {"METRICRELAY_LOG_FORMAT"}
 
@@ -83,15 +96,40 @@ def _set_images(doc: dict[str, Any], images: list[dict[str, str]]) -> None:
                 )
 
 
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> None:
+    """A strategic merge patch as kustomize applies it to these objects: maps merge, a null
+    deletes, and lists are replaced (a CRD's lists have no merge keys; ours patch no others)."""
+    for name, value in patch.items():
+        if value is None:
+            base.pop(name, None)
+        elif isinstance(value, dict) and isinstance(base.get(name), dict):
+            _merge(base[name], value)
+        else:
+            base[name] = value
+
+
+def _apply_patch(docs: list[dict[str, Any]], patch: dict[str, Any]) -> None:
+    def key(doc: dict[str, Any]) -> tuple[str, str]:
+        return (doc["kind"], doc["metadata"]["name"])
+
+    [target] = [doc for doc in docs if key(doc) == key(patch)]
+    _merge(target, patch)
+
+
 def render_directly(path: Path) -> list[dict[str, Any]]:
     """The fallback renderer: exactly the kustomize features deploy/ uses, and no others."""
     kustomization = yaml.safe_load((path / "kustomization.yaml").read_text())
-    unsupported = set(kustomization) - {"apiVersion", "kind", "resources", "namespace", "images"}
+    known = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
+    unsupported = set(kustomization) - known
     assert not unsupported, f"the fallback renderer does not implement {unsupported}"
     docs: list[dict[str, Any]] = []
     for resource in kustomization["resources"]:
         target = (path / resource).resolve()
         docs += render_directly(target) if target.is_dir() else _documents(target.read_text())
+    for patch in kustomization.get("patches", []):
+        assert set(patch) == {"path"}, f"the fallback renderer does not implement {patch}"
+        for document in _documents((path / patch["path"]).read_text()):
+            _apply_patch(docs, document)
     for doc in docs:
         if "namespace" in kustomization and doc["kind"] != "Namespace":
             doc["metadata"]["namespace"] = kustomization["namespace"]
@@ -112,21 +150,28 @@ def _keda_errors(doc: dict[str, Any]) -> list[str]:
     validator = jsonschema.Draft202012Validator(KEDA_SCHEMA)
     errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(doc)]
     for trigger in doc["spec"]["triggers"]:
-        if trigger["type"] != "redis-streams":
+        kind = trigger["type"]
+        if kind not in TRIGGER_FIELDS:
+            errors.append(f"no check for {kind} triggers")
             continue
         meta = trigger["metadata"]
-        errors += [
-            f"unknown redis-streams field {name}" for name in set(meta) - REDIS_STREAMS_FIELDS
-        ]
+        errors += [f"unknown {kind} field {name}" for name in set(meta) - TRIGGER_FIELDS[kind]]
         if "stream" not in meta:
-            errors.append("redis-streams needs stream")
-        if not {"address", "host", "addressFromEnv", "hostFromEnv"} & set(meta):
-            errors.append("redis-streams needs address or host (or their *FromEnv)")
+            errors.append(f"{kind} needs stream")
+        if not TRIGGER_ADDRESS[kind] & set(meta):
+            errors.append(f"{kind} needs one of {sorted(TRIGGER_ADDRESS[kind])}")
         if "lagCount" in meta and "consumerGroup" not in meta:
             errors.append("lagCount needs consumerGroup")
         for name in ("lagCount", "activationLagCount", "pendingEntriesCount", "databaseIndex"):
             if name in meta and not str(meta[name]).isdigit():
                 errors.append(f"{name} must be a whole number in a string")
+    modifiers = (doc["spec"].get("advanced") or {}).get("scalingModifiers")
+    if modifiers:
+        names = {trigger.get("name") for trigger in doc["spec"]["triggers"]}
+        used = set(re.findall(r"[A-Za-z_]\w*", modifiers.get("formula", "")))
+        errors += [f"the formula names no trigger {name}" for name in sorted(used - names)]
+        if "target" not in modifiers:
+            errors.append("scalingModifiers needs a target")
     return errors
 
 
@@ -165,6 +210,17 @@ def test_schema_validation_catches_mistakes() -> None:
     assert "minReplicas" in errors
     assert "scaleTargetRef" in errors
     assert "unknown redis-streams field lagcount" in errors
+    sharded = json.loads(json.dumps(_by_kind(render("overlays/sharded-cluster"))["ScaledObject"]))
+    sharded["spec"]["triggers"][3]["name"] = "shard3"
+    sharded["spec"]["triggers"][4]["metadata"]["addresses"] = sharded["spec"]["triggers"][4][
+        "metadata"
+    ].pop("addressesFromEnv")
+    sharded["spec"]["triggers"][4]["metadata"]["address"] = "redis:6379"
+    del sharded["spec"]["triggers"][5]["metadata"]["addressesFromEnv"]
+    errors = " | ".join(_keda_errors(sharded))
+    assert "the formula names no trigger s3" in errors
+    assert "unknown redis-cluster-streams field address" in errors
+    assert "redis-cluster-streams needs one of" in errors
 
 
 @pytest.mark.skipif(_tool() is None, reason="neither kustomize nor kubectl is installed")
@@ -245,6 +301,32 @@ def test_keda_scales_the_worker_on_the_group_lag() -> None:
     # the address KEDA reads from the Deployment's environment is the worker's Redis
     address = config["data"][meta["addressFromEnv"]]
     assert config["data"]["METRICRELAY_REDIS_URL"] == f"redis://{address}/0"
+
+
+def test_the_sharded_overlay_scales_on_the_lag_of_every_shard() -> None:
+    """overlays/sharded-cluster: the worker's own settings, read from the rendered ConfigMap,
+    name exactly the streams KEDA watches, on the nodes the worker connects to."""
+    docs = _by_kind(render("overlays/sharded-cluster"))
+    scaled, config = docs["ScaledObject"]["spec"], docs["ConfigMap"]["data"]
+    settings = Settings.from_sources(env=config)
+    assert settings.shards == 8
+    assert is_cluster(settings.redis_url, settings.cluster)
+    streams = [trigger["metadata"]["stream"] for trigger in scaled["triggers"]]
+    assert streams == [shard.events for shard in settings.keys().all_shards()]
+    assert len(set(streams)) == settings.shards
+    names = [trigger["name"] for trigger in scaled["triggers"]]
+    formula = scaled["advanced"]["scalingModifiers"]["formula"]
+    assert sorted(formula.replace(" ", "").split("+")) == sorted(names)  # the sum of all lags
+    assert scaled["advanced"]["scalingModifiers"]["target"] == "1000"
+    assert scaled["maxReplicaCount"] == settings.shards  # a worker owns whole shards
+    for trigger in scaled["triggers"]:
+        meta = trigger["metadata"]
+        assert trigger["type"] == "redis-cluster-streams"
+        assert meta["consumerGroup"] == CONSUMER_GROUP
+        _, nodes = startup_nodes(settings.redis_url)
+        assert config[meta["addressesFromEnv"]] == ",".join(f"{h}:{p}" for h, p in nodes)
+    assert "KEDA_REDIS_ADDRESS" not in config  # the single-node trigger's address is gone
+    assert docs["Deployment"] == _by_kind(render("base"))["Deployment"]  # only config differs
 
 
 def test_selectors_match_the_pods() -> None:
