@@ -24,6 +24,7 @@ from metricrelay.auth import (
     build_token_provider,
 )
 from metricrelay.errors import AuthError, AuthUnavailable, ConfigError
+from metricrelay.retry import RetryPolicy, call_with_retry
 from metricrelay.settings import Settings
 
 SECRET = "very-secret-client-secret"
@@ -42,6 +43,7 @@ class TokenService:
         self.expires_in: object = 3600
         self.issued = 0
         self.gate: asyncio.Event | None = None  # when set, answers wait for it
+        self.retry_after: str | None = None  # sent with every scripted answer when set
         self.arrived = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -57,9 +59,11 @@ class TokenService:
                 assert request.transport is not None
                 request.transport.close()
                 return web.Response()
+            headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
             if isinstance(body, bytes):
-                return web.Response(status=status, body=body)
-            return web.json_response(body, status=status, headers={"Location": "http://else/"})
+                return web.Response(status=status, body=body, headers=headers)
+            headers["Location"] = "http://else/"
+            return web.json_response(body, status=status, headers=headers)
         self.issued += 1
         answer: dict[str, object] = {"access_token": f"tok-SENSITIVE-{self.issued}"}
         if self.expires_in is not None:
@@ -91,10 +95,20 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def provider(
-    session: aiohttp.ClientSession, url: str, clock: Clock | None = None, timeout: float = 5.0
+    session: aiohttp.ClientSession,
+    url: str,
+    clock: Clock | None = None,
+    timeout: float = 5.0,
+    retry_after_cap: float = 120.0,
 ) -> OAuthClientCredentials:
     return OAuthClientCredentials(
-        session, url, CLIENT, SecretStr(SECRET), clock=clock or Clock(), timeout=timeout
+        session,
+        url,
+        CLIENT,
+        SecretStr(SECRET),
+        clock=clock or Clock(),
+        timeout=timeout,
+        retry_after_cap=retry_after_cap,
     )
 
 
@@ -257,6 +271,65 @@ async def test_a_busy_token_service_is_unavailable(
         await oauth.headers()
     assert caught.value.retriable and f"HTTP {status}" in str(caught.value)
     assert await oauth.headers() == {"Authorization": "Bearer tok-SENSITIVE-1"}  # recovers
+
+
+async def test_a_busy_token_services_retry_after_holds_every_caller_back(
+    service: tuple[TokenService, str], session: aiohttp.ClientSession
+) -> None:
+    tokens, url = service
+    tokens.answers.append((429, {"error": "slow_down"}))
+    tokens.retry_after = "30"
+    clock = Clock()
+    oauth = provider(session, url, clock)
+    with pytest.raises(AuthUnavailable, match="retry after 30s") as caught:
+        await oauth.headers()
+    assert caught.value.retry_after == 30
+    clock.now += 10
+    with pytest.raises(AuthUnavailable) as caught:  # not asked again before its time
+        await oauth.headers()
+    assert caught.value.retry_after == 20
+    assert len(tokens.forms) == 1
+    clock.now += 21
+    assert await oauth.headers() == {"Authorization": "Bearer tok-SENSITIVE-1"}
+    assert len(tokens.forms) == 2
+
+
+async def test_a_token_services_retry_after_is_capped(
+    service: tuple[TokenService, str], session: aiohttp.ClientSession
+) -> None:
+    tokens, url = service
+    tokens.answers.append((503, b""))
+    tokens.retry_after = "86400"
+    clock = Clock()
+    oauth = provider(session, url, clock, retry_after_cap=60)
+    with pytest.raises(AuthUnavailable) as caught:
+        await oauth.headers()
+    assert caught.value.retry_after == 86400  # as said: the retry loop caps its own wait
+    clock.now += 61
+    assert await oauth.headers() == {"Authorization": "Bearer tok-SENSITIVE-1"}
+
+
+async def test_the_retry_loop_waits_as_long_as_the_token_service_asks(
+    service: tuple[TokenService, str], session: aiohttp.ClientSession
+) -> None:
+    """What the dispatcher does around every attempt (``call_with_retry`` of an attempt that
+    starts with ``headers()``): sleep the token service's Retry-After, then one more request."""
+    tokens, url = service
+    tokens.answers.append((503, b"busy"))
+    tokens.retry_after = "7"
+    clock = Clock()
+    slept: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        slept.append(delay)
+        clock.now += delay
+
+    oauth = provider(session, url, clock)
+    policy = RetryPolicy(base=0.5, cap=8.0, budget=60.0, retry_after_cap=30.0)
+    headers, attempts = await call_with_retry(oauth.headers, policy, sleep=sleep, clock=clock)
+    assert headers == {"Authorization": "Bearer tok-SENSITIVE-1"}
+    assert attempts == 2 and len(tokens.forms) == 2
+    assert slept[0] >= 7  # not the 0-0.5 s of the first backoff step
 
 
 async def test_a_dropped_connection_is_unavailable(

@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Final, Protocol
 
 import aiohttp
@@ -17,6 +18,7 @@ import orjson
 from pydantic import SecretStr
 
 from metricrelay.errors import AuthError, AuthUnavailable, ConfigError
+from metricrelay.retry import parse_retry_after
 from metricrelay.settings import Settings
 
 __all__ = [
@@ -124,7 +126,9 @@ class OAuthClientCredentials:
     """OAuth2 client credentials grant, cached until :data:`REFRESH_FRACTION` of its lifetime.
 
     One refresh is in flight at a time: concurrent callers wait for it and share its token, or
-    its failure. ``refreshes`` and ``failures`` count token requests for metrics.
+    its failure. A busy token service's ``Retry-After`` is honoured by every caller: until it
+    has passed, callers get the same failure (with the time left) without a request.
+    ``refreshes`` and ``failures`` count token requests for metrics.
     """
 
     def __init__(
@@ -136,6 +140,7 @@ class OAuthClientCredentials:
         *,
         clock: Callable[[], float] = time.monotonic,
         timeout: float = 30.0,
+        retry_after_cap: float = 120.0,
     ) -> None:
         self.token_url = token_url
         self.client_id = client_id
@@ -143,11 +148,13 @@ class OAuthClientCredentials:
         self._secret = client_secret
         self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._retry_after_cap = retry_after_cap
         self._lock = asyncio.Lock()
         self._header: str | None = None
         self._last_token = ""  # kept after invalidate(), only to scrub it from messages
         self._refresh_at = -math.inf
         self._last_error: AuthError | None = None
+        self._quiet_until = -math.inf  # the token service asked not to be called before this
         self.refreshes = 0
         self.failures = 0
 
@@ -164,9 +171,19 @@ class OAuthClientCredentials:
                     if self.refreshes + self.failures != seen and self._last_error is not None:
                         # the refresh we queued behind just failed: share its outcome rather
                         # than sending the token service one more request per waiting caller
-                        raise type(self._last_error)(str(self._last_error))
+                        raise self._repeat_last_error()
+                    if self._clock() < self._quiet_until and self._last_error is not None:
+                        raise self._repeat_last_error()  # it asked us to wait: no request
                     header = await self._refresh()
         return {_AUTHORIZATION: header}
+
+    def _repeat_last_error(self) -> AuthError:
+        error = self._last_error
+        assert error is not None
+        if isinstance(error, AuthUnavailable):
+            left = self._quiet_until - self._clock()
+            return AuthUnavailable(str(error), retry_after=left if left > 0 else None)
+        return type(error)(str(error))
 
     async def invalidate(self, rejected: Mapping[str, str]) -> None:
         # Only the token that was refused is dropped: after N concurrent 401s the first call
@@ -188,6 +205,8 @@ class OAuthClientCredentials:
         except AuthError as exc:
             self.failures += 1
             self._last_error = exc
+            wait = getattr(exc, "retry_after", None)
+            self._quiet_until = started + min(wait, self._retry_after_cap) if wait else -math.inf
             log.warning("token request failed: %s", exc)
             raise
         self.refreshes += 1
@@ -220,16 +239,22 @@ class OAuthClientCredentials:
             ) as response:
                 status = response.status
                 body = await response.read()
+                retry_after = parse_retry_after(
+                    response.headers.get("Retry-After"), datetime.now(UTC)
+                )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             reason = self._scrub(f"{type(exc).__name__}: {exc}")
             raise AuthUnavailable(f"token service {self.token_url} unreachable: {reason}") from exc
-        return self._parse(status, body)
+        return self._parse(status, body, retry_after)
 
-    def _parse(self, status: int, body: bytes) -> tuple[str, float]:
+    def _parse(self, status: int, body: bytes, retry_after: float | None) -> tuple[str, float]:
         where = f"token service {self.token_url}"
         if status in (408, 429) or status >= 500:
             detail = self._scrub(_error_detail(body))
-            raise AuthUnavailable(f"{where} answered HTTP {status}{detail}")
+            after = f", retry after {retry_after:g}s" if retry_after is not None else ""
+            raise AuthUnavailable(
+                f"{where} answered HTTP {status}{detail}{after}", retry_after=retry_after
+            )
         if not 200 <= status < 300:
             detail = self._scrub(_error_detail(body))
             refused = "refused the credentials of" if status in (400, 401, 403) else "for"
@@ -270,5 +295,6 @@ def build_token_provider(settings: Settings, session: aiohttp.ClientSession) -> 
             settings.client_id,
             settings.client_secret,
             timeout=settings.request_timeout,
+            retry_after_cap=settings.retry_after_cap,
         )
     raise ConfigError(f"authorisation mode {mode!r} is not fully configured")  # auth_mode() checks

@@ -54,9 +54,14 @@ class AuthError(MetricRelayError):
 
 
 class AuthUnavailable(AuthError):
-    """The token service could not be reached or answered 5xx/429."""
+    """The token service could not be reached or answered 5xx/429; ``retry_after`` is how long
+    it asked us to wait (its ``Retry-After``), if it said."""
 
     retriable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class DeliveryError(MetricRelayError):
