@@ -140,6 +140,11 @@ class Keys:
         """The sorted set of live workers (member: consumer name, score: last beat, ms)."""
         return f"{self.prefix}:workers"
 
+    @property
+    def replay_lock(self) -> str:
+        """Held by the one ``replay`` that may move dead letters (value: who, since when)."""
+        return f"{self.prefix}:replay:lock"
+
     # The single-shard names, for code and tools that know there is one shard.
 
     def _only(self) -> ShardKeys:

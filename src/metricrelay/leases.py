@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from metricrelay.keys import Keys, ShardKeys
 
-__all__ = ["Leases"]
+__all__ = ["Leases", "release_key", "renew_key"]
 
 # Compare-and-set scripts: only the owner renews or deletes a lease.
 _RENEW: Final = """
@@ -31,6 +31,16 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+async def renew_key(redis: Any, key: str, me: str, ttl_ms: int) -> bool:
+    """Extend ``key``'s time to live if it still holds ``me``; False when it does not."""
+    return bool(await redis.eval(_RENEW, 1, key, me, ttl_ms))
+
+
+async def release_key(redis: Any, key: str, me: str) -> None:
+    """Delete ``key`` if it still holds ``me`` (never another holder's)."""
+    await redis.eval(_RELEASE, 1, key, me)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -81,10 +91,10 @@ class Leases:
 
     async def renew(self, shard: ShardKeys) -> bool:
         """False when the lease is no longer this worker's (it expired, another took it)."""
-        return bool(await self.redis.eval(_RENEW, 1, shard.lease, self.me, self.ttl_ms))
+        return await renew_key(self.redis, shard.lease, self.me, self.ttl_ms)
 
     async def release(self, shard: ShardKeys) -> None:
-        await self.redis.eval(_RELEASE, 1, shard.lease, self.me)
+        await release_key(self.redis, shard.lease, self.me)
 
     async def owner(self, shard: ShardKeys) -> str | None:
         return _text(await self.redis.get(shard.lease))

@@ -1,7 +1,9 @@
-"""Replay: filters, dry run, crash between append and delete, re-split, still-invalid stays dead."""
+"""Replay: filters, dry run, crash between append and delete, re-split, still-invalid stays
+dead, one replay at a time."""
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,6 +17,7 @@ from metricrelay.codec import decode_entry
 from metricrelay.deadletter import DeadLetter, Reason
 from metricrelay.ops.dead import DeadFilter, parse_bound
 from metricrelay.ops.replay import ReplayPlan, ReplaySummary, replay
+from metricrelay.ops.replay_lock import ReplayBusy, ReplayLock, ReplayLockLost
 from metricrelay.timestamps import from_epoch_ms
 
 pytestmark = pytest.mark.integration
@@ -244,3 +247,84 @@ def test_command_dry_run_and_json(sync_redis: redis.Redis, ops: SimpleNamespace,
     code, _, err = cli("replay", "--since", "yesterday")
     assert code == 1
     assert "neither a stream id" in err
+
+
+# --------------------------------------------------------------------------- one replay at a time
+
+
+def test_a_second_replay_is_refused_while_one_holds_the_lock(
+    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
+) -> None:
+    ops.add_dead(sync_redis, ops.letter(ops.fragment("run-a", 2), Reason.EXHAUSTED), "1000-0")
+    holder = "ops-laptop pid 4242 since 2026-11-24T01:00:00.000000Z"
+    sync_redis.set(ops.keys.replay_lock, holder, px=30_000)
+    code, out, err = cli("replay")
+    assert code == 1
+    assert holder in err and "run one at a time" in err
+    assert (sync_redis.xlen(ops.keys.dead), sync_redis.xlen(ops.keys.events)) == (1, 0)
+    code, out, _ = cli("replay", "--dry-run")  # looking needs no lock
+    assert code == 0 and "would move 1" in out
+    assert sync_redis.get(ops.keys.replay_lock) == holder.encode()  # not touched by either
+    sync_redis.delete(ops.keys.replay_lock)  # that replay ended
+    code, out, _ = cli("replay")
+    assert code == 0 and "moved 1" in out
+    assert sync_redis.xlen(ops.keys.events) == 1
+    assert sync_redis.get(ops.keys.replay_lock) is None  # released when done
+
+
+async def test_the_lock_is_held_while_replaying_and_released_after_a_crash(
+    redis_client: redis_asyncio.Redis, ops: SimpleNamespace
+) -> None:
+    await _three(redis_client, ops)
+    seen: list[bytes | None] = []
+
+    def crash_on_second(plan: ReplayPlan) -> None:
+        seen.append(None)
+        if len(seen) == 2:
+            raise Crash
+
+    async with ReplayLock(redis_client, ops.keys.replay_lock, holder="me") as lock:
+        assert await redis_client.get(ops.keys.replay_lock) == b"me"
+        with pytest.raises(ReplayBusy, match=r"another replay is running \(me\)"):
+            async with ReplayLock(redis_client, ops.keys.replay_lock, holder="other"):
+                pass
+        with pytest.raises(Crash):
+            await _replay(redis_client, ops, guard=lock.check, after_append=crash_on_second)
+    assert await redis_client.get(ops.keys.replay_lock) is None
+
+
+async def test_a_replay_that_lost_its_lock_stops_before_its_next_change(
+    redis_client: redis_asyncio.Redis, ops: SimpleNamespace
+) -> None:
+    """Taken from it (deleted, here): the renewal notices and the replay stops."""
+    await _three(redis_client, ops)
+    async with ReplayLock(redis_client, ops.keys.replay_lock, holder="me", ttl=0.3) as lock:
+
+        async def lose_it() -> None:
+            await redis_client.set(ops.keys.replay_lock, "someone else")
+            await asyncio.sleep(0.3)  # a renewal (every ttl/3) finds another holder
+
+        await _replay(redis_client, ops, guard=lock.check, flt=DeadFilter(limit=1))
+        await lose_it()
+        with pytest.raises(ReplayLockLost):
+            await _replay(redis_client, ops, guard=lock.check)
+    assert await _dead_ids(redis_client, ops) == ["2000-0", "3000-0"]  # nothing more moved
+    assert await redis_client.get(ops.keys.replay_lock) == b"someone else"  # not released
+
+
+async def test_a_replay_paused_past_its_lock_ttl_stops(
+    redis_client: redis_asyncio.Redis, ops: SimpleNamespace
+) -> None:
+    """Its renewals could not run (a paused process, Redis away): past the TTL the lock may be
+    another's, so the next change is refused even before a renewal has told."""
+    await _three(redis_client, ops)
+    now = [100.0]
+    lock = ReplayLock(redis_client, ops.keys.replay_lock, ttl=30, clock=lambda: now[0])
+
+    def pause(plan: ReplayPlan) -> None:
+        now[0] += 31
+
+    async with lock:
+        with pytest.raises(ReplayLockLost):
+            await _replay(redis_client, ops, guard=lock.check, on_plan=pause)
+    assert await _dead_ids(redis_client, ops) == ["2000-0", "3000-0"]

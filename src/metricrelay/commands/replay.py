@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from metricrelay.keys import Keys, ShardKeys
 from metricrelay.ops.dead import DeadFilter
 from metricrelay.ops.layout import events_pattern, shards_in_play
 from metricrelay.ops.replay import ReplayPlan, ReplaySummary, replay
+from metricrelay.ops.replay_lock import ReplayBusy, ReplayLock, ReplayLockLost
 from metricrelay.settings import Settings
 from metricrelay.timestamps import format_utc
 
@@ -38,7 +40,8 @@ Valid parts are appended to the event stream for the worker; parts still invalid
 new dead letter with the new reason. The original leaves the dead-letter stream only after
 that append: a crash mid-replay loses nothing and duplicates at most the letter in hand.
 With shards, letters of every dead-letter stream (also of METRICRELAY_DRAIN_SHARDS' layout)
-go to the shard today's layout routes their execution to. Run one replay at a time."""
+go to the shard today's layout routes their execution to. One replay runs at a time: a
+second one exits with code 1 and names the replay holding the lock (a dry run needs none)."""
 
 
 def register(subparsers: Any) -> None:
@@ -116,26 +119,30 @@ async def _replay(
     dry_run: bool,
     on_plan: Callable[[ReplayPlan], None],
 ) -> ReplaySummary:
-    total = await _total(client, sources, flt)
-    with tqdm(
-        total=total,
-        unit="letter",
-        desc="replay",
-        file=sys.stderr,
-        disable=not sys.stderr.isatty(),  # a bar only for a person watching
-    ) as bar:
-        return await replay(
-            client,
-            keys,
-            flt,
-            limits=Limits(max_body_bytes=settings.max_body_bytes),
-            default_resource_group=settings.resource_group,
-            failed_at=format_utc(datetime.now(UTC)),
-            dry_run=dry_run,
-            sources=sources,
-            on_examined=lambda: _advance(bar),
-            on_plan=on_plan,
-        )
+    # one replay at a time; a dry run changes nothing and needs no lock
+    lock = None if dry_run else ReplayLock(client, keys.replay_lock)
+    async with lock or contextlib.nullcontext():
+        total = await _total(client, sources, flt)
+        with tqdm(
+            total=total,
+            unit="letter",
+            desc="replay",
+            file=sys.stderr,
+            disable=not sys.stderr.isatty(),  # a bar only for a person watching
+        ) as bar:
+            return await replay(
+                client,
+                keys,
+                flt,
+                limits=Limits(max_body_bytes=settings.max_body_bytes),
+                default_resource_group=settings.resource_group,
+                failed_at=format_utc(datetime.now(UTC)),
+                dry_run=dry_run,
+                sources=sources,
+                on_examined=lambda: _advance(bar),
+                on_plan=on_plan,
+                guard=None if lock is None else lock.check,
+            )
 
 
 def _advance(bar: tqdm[Any]) -> None:
@@ -154,8 +161,10 @@ def run(args: argparse.Namespace) -> int:
     keys = settings.keys()  # where letters go: today's layout
     sources = shards_in_play(settings)  # where they come from: every layout in play
     letters: list[dict[str, Any]] = []
+    applied: list[ReplayPlan] = []
 
     def on_plan(plan: ReplayPlan) -> None:
+        applied.append(plan)
         if args.json:
             letters.append(_plan_json(plan))
         elif args.dry_run:
@@ -166,7 +175,15 @@ def run(args: argparse.Namespace) -> int:
             client, keys, sources, flt, settings, dry_run=args.dry_run, on_plan=on_plan
         )
 
-    code, summary = run_with_redis(settings, args.timeout, main)
+    try:
+        code, summary = run_with_redis(settings, args.timeout, main)
+    except ReplayBusy as exc:
+        print(f"metricrelay replay: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ReplayLockLost as exc:
+        moved = sum(1 for plan in applied if not plan.unchanged)
+        print(f"metricrelay replay: {exc} ({moved} letter(s) moved before)", file=sys.stderr)
+        return EXIT_ERROR
     if summary is None:
         return code
     if args.json:

@@ -221,10 +221,12 @@ async def replay(
     on_examined: Callable[[], None] | None = None,
     on_plan: Callable[[ReplayPlan], None] | None = None,
     after_append: Callable[[ReplayPlan], None] | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> ReplaySummary:
     """Replay every dead letter ``flt`` selects from the dead-letter streams of ``sources``
     (default: every shard of ``keys``) into ``keys``, the current layout; see the module
-    docstring for the guarantees."""
+    docstring for the guarantees. ``guard`` is called before each change and stops the replay
+    by raising (the replay lock's ``check``)."""
     summary = ReplaySummary(dry_run)
     streams = keys.all_shards() if sources is None else sources
     scan = DeadScan(redis, streams, flt, on_examined=on_examined)
@@ -240,6 +242,8 @@ async def replay(
             summary.unchanged += 1
         else:
             if not dry_run:
+                if guard is not None:
+                    guard()
                 await _apply(redis, plan, after_append)
             summary.moved += 1
             summary.fragments += len(plan.fragments)
