@@ -70,3 +70,27 @@ def test_replay_on_a_cluster_routes_letters_to_their_executions_shard(
     stack.start_worker(0)
     stack.wait_drained(keys.all_shards())
     assert len(stack.stored(executions).points) == len(executions)
+
+
+def test_status_finds_streams_nobody_reads_on_every_master(cluster_stack: ClusterStack) -> None:
+    """Producers still on four shards, workers on eight: status scans every master."""
+    stack = cluster_stack
+    four = Keys("metricrelay", 4)
+    masters = {stack.cluster.master_of_key(shard.events).port for shard in four.all_shards()}
+    assert len(masters) > 1  # the scan has to visit more than one node to find them all
+    client = stack.client()
+    try:
+        for shard in four.all_shards():
+            client.xadd(shard.events, {"resource": b'{"executionId": "late-producer"}'})
+    finally:
+        client.close()
+    done = cli(stack, "status", "--shards", "8", "--json")
+    assert done.returncode == 2, done.stderr.decode(errors="replace")
+    document = orjson.loads(done.stdout)
+    assert document["stray"] == [
+        {"key": shard.events, "kind": "events", "length": 1} for shard in four.all_shards()
+    ]
+    assert document["thresholds"]["exceeded"] == ["stray"]
+    done = cli(stack, "status", "--shards", "8", "--drain-shards", "4", "--json")
+    assert done.returncode == 0  # in play while draining: read by the workers, not stray
+    assert orjson.loads(done.stdout)["stray"] == []

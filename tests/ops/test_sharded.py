@@ -128,9 +128,12 @@ def test_status_reads_the_drained_layout_too(
     assert (doc["stream"]["length"], doc["group"]["lag"]) == (4, 4)
     assert doc["group"]["lag_source"] == "no_group"
     assert doc["stream"]["key"] == "metricrelay:events:{*of4}, metricrelay:events:{*of2}"
-    # without --drain-shards the old streams are invisible
+    assert doc["stray"] == []
+    # without --drain-shards nobody reads the old streams: stray, and an alert
     code, doc = _json(cli, "--shards", "4")
-    assert (code, doc["stream"]["length"], len(doc["shards"])) == (0, 1, 4)
+    assert (code, doc["stream"]["length"], len(doc["shards"])) == (2, 1, 4)
+    assert doc["stray"] == [{"key": TWO.shard(1).events, "kind": "events", "length": 3}]
+    assert doc["thresholds"]["exceeded"] == ["stray"]
 
 
 def test_status_has_one_shard_row_with_one_stream(

@@ -1,4 +1,5 @@
-"""`metricrelay status`: exact JSON for a known stream state, lag fallback, thresholds, errors."""
+"""`metricrelay status`: exact JSON for a known stream state, lag fallback, thresholds, errors,
+streams nobody reads."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import redis.asyncio as redis_asyncio
 
 from metricrelay.deadletter import Reason
 from metricrelay.embedded import RedisServer, free_port
+from metricrelay.keys import Keys
 from metricrelay.ops.status import gather
 
 pytestmark = pytest.mark.integration
@@ -187,3 +189,46 @@ def test_unreachable_redis_is_exit_1_with_a_message() -> None:
     assert "cannot reach Redis at redis://:**********@127.0.0.1" in done.stderr
     assert "hunter2" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_streams_of_another_layout_are_found_and_alert(
+    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
+) -> None:
+    """Workers on one stream, a producer on eight shards: its entries wait where nobody reads.
+    Only streams named as some layout names them, holding entries, count."""
+    eight = Keys(shards=8)
+    sync_redis.xadd(ops.keys.events, {"resource": ops.fragment("run-a")})  # in play
+    sync_redis.xadd(eight.shard(3).events, {"resource": ops.fragment("run-b")})
+    sync_redis.xadd(eight.shard(3).events, {"resource": ops.fragment("run-b")})
+    letter = ops.letter(ops.fragment("run-c"), Reason.EXHAUSTED)
+    sync_redis.xadd(eight.shard(5).dead, letter.fields())
+    sync_redis.xadd(eight.shard(0).events, {"resource": ops.fragment("run-d")})
+    sync_redis.xtrim(eight.shard(0).events, maxlen=0)  # drained and trimmed: empty, not listed
+    sync_redis.xadd("metricrelay:eventsource", {"resource": b"x"})  # not a name of ours
+    sync_redis.set("metricrelay:events:{1of8}:note", "not a stream")
+    sync_redis.xadd("other:events:{3of8}", {"resource": b"x"})  # another prefix
+    code, doc = _status(cli)
+    assert code == 2
+    assert doc["stray"] == [
+        {"key": "metricrelay:events:{3of8}", "kind": "events", "length": 2},
+        {"key": "metricrelay:dead:{5of8}", "kind": "dead", "length": 1},
+    ]
+    assert doc["thresholds"]["exceeded"] == ["stray"]
+    code, out, _ = cli("status")
+    assert code == 2
+    assert "STRAY STREAM" in out
+    assert [line.split() for line in out.splitlines() if "{3of8}" in line] == [
+        ["metricrelay:events:{3of8}", "events", "2"]
+    ]
+    assert "ALERT: 2 entries wait in event streams no worker reads" in out
+    # the same streams are in play for workers on eight shards: nothing stray then, but the
+    # one stream is (its entry waits for nobody)
+    code, doc = _status(cli, "--shards", "8")
+    assert doc["stray"] == [{"key": "metricrelay:events", "kind": "events", "length": 1}]
+    sync_redis.delete(ops.keys.events, eight.shard(3).events)
+    code, doc = _status(cli)  # stray dead letters alone are listed, but no alert
+    assert (code, [s["kind"] for s in doc["stray"]], doc["thresholds"]["exceeded"]) == (
+        0,
+        ["dead"],
+        [],
+    )

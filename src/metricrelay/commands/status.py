@@ -1,4 +1,5 @@
-"""``metricrelay status``: lag, pending, consumers, backlog, dead letters; exit 2 over a limit."""
+"""``metricrelay status``: lag, pending, consumers, backlog, dead letters, streams nobody reads;
+exit 2 over a limit or with entries in a stream nobody reads."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from metricrelay.commands._ops import (
 from metricrelay.ops.layout import dead_pattern, events_pattern, layouts, shards_in_play
 from metricrelay.ops.status import to_json
 from metricrelay.ops.status_total import gather_all
+from metricrelay.ops.stray import find_stray
 from metricrelay.ops.table import format_table
 from metricrelay.settings import redact_url
 
@@ -28,7 +30,8 @@ _TOP: Final = 10  # rows per table on a terminal; --json has them all
 
 _EPILOG = """\
 exit codes: 0 all within the thresholds; 1 an error (Redis unreachable, bad settings);
-2 --max-lag or --max-pending exceeded (argparse also exits 2 on a usage error).
+2 --max-lag or --max-pending exceeded, or entries wait in the event streams of another
+shard layout, which no worker reads (argparse also exits 2 on a usage error).
 --json prints one document (schema 1, keys documented in the README, "Operations").
 With several shards (METRICRELAY_SHARDS, and METRICRELAY_DRAIN_SHARDS while changing it) the
 totals add up every shard and "shards" has one row per shard."""
@@ -77,12 +80,14 @@ def run(args: argparse.Namespace) -> int:
             scan_limit=args.scan_limit,
             lag_scan_min=lag_scan_min,
         )
+        in_play_keys = [name for s in shards_in_play(settings) for name in (s.events, s.dead)]
         return to_json(
             overview.total,
             redis=redact_url(settings.redis_url),
             max_lag=args.max_lag,
             max_pending=args.max_pending,
             shards=overview.shards,
+            stray=await find_stray(client, settings.prefix, in_play_keys),
         )
 
     code, payload = run_with_redis(settings, args.timeout, main)
@@ -167,6 +172,21 @@ def _tables(payload: dict[str, Any]) -> list[str]:
     return out
 
 
+def _stray(payload: dict[str, Any]) -> list[str]:
+    """Streams no worker reads, with what to do about them."""
+    stray = payload["stray"]
+    if not stray:
+        return []
+    rows = [[one["key"], one["kind"], one["length"]] for one in stray]
+    return [
+        "",
+        "streams of another shard layout, which no worker reads (a producer, or these",
+        "workers, with another METRICRELAY_SHARDS? METRICRELAY_DRAIN_SHARDS=<that count>",
+        "on the workers drains them):",
+        format_table(("STRAY STREAM", "KIND", "LENGTH"), rows),
+    ]
+
+
 def _verdict(payload: dict[str, Any]) -> str:
     limits = payload["thresholds"]
     group = payload["group"]
@@ -175,15 +195,19 @@ def _verdict(payload: dict[str, Any]) -> str:
         for name in ("lag", "pending")
         if limits[f"max_{name}"] is not None
     ]
-    if not checks:
-        return "no thresholds given (--max-lag, --max-pending)"
     parts = [
         f"{name} {value} {'>' if value > bound else '<='} {bound}" for name, value, bound in checks
     ]
+    if "stray" in limits["exceeded"]:
+        waiting = sum(one["length"] for one in payload["stray"] if one["kind"] == "events")
+        parts.append(f"{waiting} entries wait in event streams no worker reads")
+    if not parts:
+        return "no thresholds given (--max-lag, --max-pending)"
     word = "ALERT" if limits["exceeded"] else "OK"
     return f"{word}: " + ", ".join(parts)
 
 
 def render(payload: dict[str, Any]) -> str:
     """The terminal form of a ``to_json`` document."""
-    return "\n".join([*_header(payload), *_tables(payload), "", _verdict(payload)])
+    lines = [*_header(payload), *_tables(payload), *_stray(payload)]
+    return "\n".join([*lines, "", _verdict(payload)])

@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 from metricrelay.deadletter import Reason
 from metricrelay.keys import ShardKeys
 from metricrelay.ops.dead import StreamKeys, id_key, inspect_resource
+from metricrelay.ops.stray import Stray
 from metricrelay.timestamps import format_utc
 
 __all__ = ["SCHEMA_VERSION", "Backlog", "Consumer", "Status", "exceeded", "gather", "to_json"]
@@ -349,12 +350,18 @@ def to_json(
     max_lag: int | None,
     max_pending: int | None,
     shards: list[Status] | None = None,
+    stray: list[Stray] | None = None,
 ) -> dict[str, Any]:
     """The ``status --json`` document (schema 1): stable keys, ids as strings, times in ms.
 
     ``status`` holds the totals; ``shards`` the per-shard statuses they were added up from
-    (default: ``status`` is the one shard).
+    (default: ``status`` is the one shard); ``stray`` the streams of other layouts that hold
+    entries (entries in a stray event stream are an alert: ``exceeded`` has ``stray``).
     """
+    stray = stray or []
+    alerts = exceeded(status, max_lag=max_lag, max_pending=max_pending)
+    if any(one.kind == "events" for one in stray):
+        alerts.append("stray")
     return {
         "schema": SCHEMA_VERSION,
         "now": _iso(status.now_ms),
@@ -374,9 +381,6 @@ def to_json(
         },
         "dead": _dead_json(status),
         "shards": [_shard_json(one) for one in (shards if shards is not None else [status])],
-        "thresholds": {
-            "max_lag": max_lag,
-            "max_pending": max_pending,
-            "exceeded": exceeded(status, max_lag=max_lag, max_pending=max_pending),
-        },
+        "stray": [{"key": one.key, "kind": one.kind, "length": one.length} for one in stray],
+        "thresholds": {"max_lag": max_lag, "max_pending": max_pending, "exceeded": alerts},
     }
