@@ -328,3 +328,21 @@ async def test_a_replay_paused_past_its_lock_ttl_stops(
         with pytest.raises(ReplayLockLost):
             await _replay(redis_client, ops, guard=lock.check, on_plan=pause)
     assert await _dead_ids(redis_client, ops) == ["2000-0", "3000-0"]
+
+
+async def test_a_lock_that_cannot_be_released_is_left_to_expire(
+    redis_client: redis_asyncio.Redis, ops: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis gone when the replay ends: its work is done, so no error; the lock expires."""
+
+    class ReleaseFails:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(redis_client, name)
+
+        async def eval(self, *args: Any) -> Any:
+            raise redis.exceptions.ConnectionError("gone")
+
+    async with ReplayLock(ReleaseFails(), ops.keys.replay_lock, holder="me", ttl=5):
+        pass
+    assert 0 < await redis_client.pttl(ops.keys.replay_lock) <= 5000
+    assert "expires by itself" in caplog.text

@@ -94,7 +94,10 @@ class ReplayLock:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if not self.lost:
-            await release_key(self.redis, self.key, self.holder)
+            try:
+                await release_key(self.redis, self.key, self.holder)
+            except RedisError as exc:  # the replay's work is done; the lock expires by itself
+                log.warning("could not release the replay lock (it expires by itself): %s", exc)
 
     def check(self) -> None:
         """Raise :class:`ReplayLockLost` when the lock may be another replay's by now."""
