@@ -298,14 +298,12 @@ async def test_a_replay_that_lost_its_lock_stops_before_its_next_change(
 ) -> None:
     """Taken from it (deleted, here): the renewal notices and the replay stops."""
     await _three(redis_client, ops)
-    async with ReplayLock(redis_client, ops.keys.replay_lock, holder="me", ttl=0.3) as lock:
-
-        async def lose_it() -> None:
-            await redis_client.set(ops.keys.replay_lock, "someone else")
-            await asyncio.sleep(0.3)  # a renewal (every ttl/3) finds another holder
-
+    async with ReplayLock(redis_client, ops.keys.replay_lock, holder="me", ttl=3) as lock:
         await _replay(redis_client, ops, guard=lock.check, flt=DeadFilter(limit=1))
-        await lose_it()
+        await redis_client.set(ops.keys.replay_lock, "someone else")
+        async with asyncio.timeout(10):
+            while not lock.lost:  # a renewal (every ttl/3) finds another holder
+                await asyncio.sleep(0.05)
         with pytest.raises(ReplayLockLost):
             await _replay(redis_client, ops, guard=lock.check)
     assert await _dead_ids(redis_client, ops) == ["2000-0", "3000-0"]  # nothing more moved
