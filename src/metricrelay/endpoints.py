@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -13,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from metricrelay.observability import WorkerMetrics
+from metricrelay.stray import find_stray, waiting
 from metricrelay.stream import GroupInfo
 
 __all__ = ["Endpoints", "ProbeConfig"]
@@ -31,6 +33,10 @@ class ProbeConfig:
     tick: float = 0.5  # how often the watchdog checks the event loop
     stale_after: float = 10.0  # a watchdog tick older than this: /healthz fails
     group_interval: float = 5.0  # how often lag and pending are read from Redis
+    # How often the streams of other shard layouts are looked for (a SCAN); 0: never.
+    stray_interval: float = 60.0
+    prefix: str = "metricrelay"
+    in_play: tuple[str, ...] = ()  # the streams this worker's layouts name (not stray)
 
 
 class GroupSource(Protocol):
@@ -70,6 +76,8 @@ class Endpoints:
             asyncio.create_task(self._watch_loop(), name="loop watchdog"),
             asyncio.create_task(self._poll_group(), name="group poller"),
         ]
+        if self.config.stray_interval > 0:
+            self._tasks.append(asyncio.create_task(self._poll_stray(), name="stray poller"))
         log.info("metrics and probes on http://%s:%d", self.config.host, self.port)
 
     async def close(self) -> None:
@@ -96,12 +104,37 @@ class Endpoints:
         """Lag and pending every few seconds, not per scrape: scrapers must not set Redis's pace."""
         while True:
             try:
-                info = await asyncio.wait_for(self.stream.group_info(), self.config.group_interval)
+                async with asyncio.timeout(self.config.group_interval):
+                    info = await self.stream.group_info()
             except (RedisError, OSError, TimeoutError) as exc:
                 log.debug("consumer group not readable: %s", type(exc).__name__)
                 info = None
             self.metrics.set_group(info)
             await asyncio.sleep(self.config.group_interval)
+
+    async def _poll_stray(self) -> None:
+        """Entries in streams no worker reads; a warning when they appear, and when they change."""
+        said: tuple[str, ...] = ()
+        while True:
+            try:
+                async with asyncio.timeout(self.config.stray_interval):
+                    stray = await find_stray(
+                        self.stream.redis, self.config.prefix, self.config.in_play
+                    )
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.debug("stray streams not readable: %s", type(exc).__name__)
+                self.metrics.stray_entries.set(math.nan)
+            else:
+                self.metrics.stray_entries.set(waiting(stray))
+                named = tuple(f"{one.key} ({one.length})" for one in stray if one.kind == "events")
+                if named and named != said:
+                    log.warning(
+                        "entries wait in streams of another shard layout, which no worker reads "
+                        "(a producer with another METRICRELAY_SHARDS?): %s",
+                        ", ".join(named),
+                    )
+                said = named
+            await asyncio.sleep(self.config.stray_interval)
 
     # ------------------------------------------------------------------ handlers
 

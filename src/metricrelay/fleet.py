@@ -156,7 +156,8 @@ class Fleet:
                     log.warning("redis unavailable while balancing shards (%s)", exc)
                     await self._expire_unrenewed()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.tick)
+                    async with asyncio.timeout(self.tick):
+                        await stop.wait()
         finally:
             await self._stop_all()
         if self.fatal is not None:

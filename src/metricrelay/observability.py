@@ -193,6 +193,13 @@ class WorkerMetrics:
             registry=r,
         )
         self.api_failing.set_function(self.api.failing_for)
+        self.stray_entries = Gauge(
+            "metricrelay_stray_stream_entries",
+            "Entries in event streams of another shard layout, which no worker reads (a producer "
+            "with another METRICRELAY_SHARDS); NaN: not looked yet, or Redis unreadable.",
+            registry=r,
+        )
+        self.stray_entries.set(math.nan)
         self.group_lag.set(math.nan)
         self.group_pending.set(math.nan)
 

@@ -442,7 +442,8 @@ class AsyncEmitter(_Core):
         done = asyncio.Event()
         self._queue.append(Marker(done.set))
         self._wake()
-        await asyncio.wait_for(done.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await done.wait()
         if not wait_delivered:
             return None
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
@@ -471,7 +472,8 @@ class AsyncEmitter(_Core):
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.config.flush_interval)
+                async with asyncio.timeout(self.config.flush_interval):
+                    await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
                 ops, markers, fragments = self._next_batch()

@@ -195,7 +195,8 @@ class Worker:
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
                 self.count("redis_errors")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
                 delay = min(delay * 2, _BACKOFF_CAP_S)
         if self._abandoned:
             await self.scheduler.cancel()
@@ -222,11 +223,13 @@ class Worker:
         if self.budget.spent or self._saturated():
             self.budget.room.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.budget.room.wait(), self._wait_seconds())
+                async with asyncio.timeout(self._wait_seconds()):
+                    await self.budget.room.wait()
             return None
         if not self._handed_over and not await self._take_over():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._wait_seconds())
+                async with asyncio.timeout(self._wait_seconds()):
+                    await self._stop.wait()
             return None
         count = min(self.config.read_count, self._read_count)
         entries = await self.stream.read(count, self._block_ms())

@@ -19,9 +19,9 @@ from metricrelay.commands._ops import (
 from metricrelay.ops.layout import dead_pattern, events_pattern, layouts, shards_in_play
 from metricrelay.ops.status import to_json
 from metricrelay.ops.status_total import gather_all
-from metricrelay.ops.stray import find_stray
 from metricrelay.ops.table import format_table
 from metricrelay.settings import redact_url
+from metricrelay.stray import find_stray
 
 __all__ = ["EXIT_THRESHOLD", "register", "render", "run"]
 

@@ -2,9 +2,9 @@
 
 A producer with another ``METRICRELAY_SHARDS`` than the workers (or one that was not switched
 when the count changed and ``METRICRELAY_DRAIN_SHARDS`` was already removed) writes to streams
-no worker reads: its points wait there for ever and nothing else would tell. ``status`` finds
-them by a SCAN over the prefix's stream names (every master of a cluster), keeping the streams
-that hold entries and are not in play.
+no worker reads: its points wait there for ever and nothing else would tell. ``status`` and the
+worker's ``metricrelay_stray_stream_entries`` gauge find them by a SCAN over the prefix's stream
+names (every master of a cluster), keeping the streams that hold entries and are not in play.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-__all__ = ["Stray", "find_stray"]
+__all__ = ["Stray", "find_stray", "waiting"]
 
 _SCAN_COUNT: Final = 1000
 _GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")
@@ -54,3 +54,8 @@ async def find_stray(redis: Any, prefix: str, in_play: Iterable[str]) -> list[St
             if length:
                 found.append(Stray(key, kind, length))
     return sorted(found, key=lambda s: (s.kind != "events", s.key))
+
+
+def waiting(stray: Iterable[Stray]) -> int:
+    """Entries in stray event streams: points that nobody will deliver."""
+    return sum(one.length for one in stray if one.kind == "events")
