@@ -181,6 +181,7 @@ def probe_config(settings: Settings) -> ProbeConfig:
         host=settings.health_host,
         port=settings.health_port or 0,
         ready_api_failure_seconds=settings.ready_api_failure_seconds,
+        stray_interval=settings.stray_interval,
         prefix=settings.prefix,
         in_play=tuple(in_play),
     )

@@ -267,6 +267,8 @@ class Settings(BaseSettings):
     # All interfaces by default: kubelet probes and Prometheus reach a pod on its own address.
     health_host: str = Field("0.0.0.0", min_length=1)
     ready_api_failure_seconds: float = Field(60.0, gt=0)  # /readyz fails past this API outage
+    # How often a worker with a health port looks for streams nobody reads (a SCAN); 0: never.
+    stray_interval: float = Field(60.0, ge=0)
 
     @classmethod
     def settings_customise_sources(

@@ -163,14 +163,16 @@ async def test_entries_in_streams_of_another_layout_show_in_a_gauge(
     redis_server: RedisServer, redis_client: redis_asyncio.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Workers on one stream, a producer on four shards: its entries wait where nobody reads."""
-    settings = worker_settings(redis_server.url, api_url="http://127.0.0.1:9/v2", token="t")
+    settings = worker_settings(
+        redis_server.url, api_url="http://127.0.0.1:9/v2", token="t", stray_interval=0.05
+    )
     four = Keys(shards=4)
 
     async def stray() -> float:
         return value(await scrape(endpoints), "metricrelay_stray_stream_entries")
 
     async with AsyncExitStack() as stack:
-        _, endpoints = await open_observed_worker(settings, stack, stray_interval=0.05)
+        _, endpoints = await open_observed_worker(settings, stack)
         await until(lambda: _is(stray(), 0.0), what="nothing stray")
         await redis_client.xadd(KEYS.events, resource("exec-s", []))  # in play: not counted
         await redis_client.xadd(four.shard(1).dead, {"resource": b"{}"})  # dead letters: not
@@ -184,3 +186,22 @@ async def test_entries_in_streams_of_another_layout_show_in_a_gauge(
     warnings = [r.getMessage() for r in caplog.records if "no worker reads" in r.getMessage()]
     assert warnings[0].endswith("metricrelay:events:{1of4} (2)")
     assert warnings[-1].endswith("metricrelay:events:{1of4} (2), metricrelay:events:{3of4} (1)")
+
+
+async def test_looking_for_stray_streams_can_be_turned_off(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis
+) -> None:
+    await redis_client.xadd(Keys(shards=4).shard(2).events, resource("exec-s", []))
+    settings = worker_settings(
+        redis_server.url, api_url="http://127.0.0.1:9/v2", token="t", stray_interval=0
+    )
+    async with AsyncExitStack() as stack:
+        worker, endpoints = await open_observed_worker(settings, stack, group_interval=0.02)
+        await worker.stream.ensure_group()
+        await until(lambda: _is(lag(endpoints), 0.0), what="the group poller has run")
+        samples = await scrape(endpoints)
+    assert math.isnan(value(samples, "metricrelay_stray_stream_entries"))  # never looked
+
+
+async def lag(endpoints: Endpoints) -> float:
+    return value(await scrape(endpoints), "metricrelay_consumer_group_lag")

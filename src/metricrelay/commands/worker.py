@@ -47,6 +47,7 @@ _FLAGS: tuple[tuple[str, str, type], ...] = (
     ("--health-port", "health_port", int),
     ("--health-host", "health_host", str),
     ("--ready-api-failure-seconds", "ready_api_failure_seconds", float),
+    ("--stray-interval", "stray_interval", float),
 )
 
 
