@@ -49,6 +49,11 @@ async def shard_has_work(redis: Any, shard: ShardKeys) -> bool:
     return bool(await redis.xrange(shard.events, f"({info.last_delivered}", "+", count=1))
 
 
+def _add(total: dict[str, int], stats: dict[str, int]) -> None:
+    for name, amount in stats.items():
+        total[name] = total.get(name, 0) + amount
+
+
 @dataclass
 class _Owned:
     shard: ShardKeys
@@ -92,7 +97,9 @@ class Fleet:
         self.clock = clock
         self.owned: dict[str, _Owned] = {}  # by shard events key
         self._drained = not shards.old
-        self._workers: list[Worker] = []  # every worker ever started, for the stats
+        # the tallies of shard workers that have finished (their objects are not kept: a
+        # long-running fleet takes and hands back shards many times)
+        self._finished: dict[str, int] = {}
         self.fatal: AuthError | None = None
         self._burst = False
         self._beaten = False
@@ -102,10 +109,9 @@ class Fleet:
 
     @property
     def stats(self) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for worker in self._workers:
-            for name, amount in worker.stats.items():
-                total[name] = total.get(name, 0) + amount
+        total = dict(self._finished)
+        for owned in self.owned.values():
+            _add(total, owned.worker.stats)
         return total
 
     @property
@@ -201,7 +207,6 @@ class Fleet:
 
     def _start(self, shard: ShardKeys) -> None:
         worker = self.build(shard)
-        self._workers.append(worker)
         stop = asyncio.Event()
         task = asyncio.create_task(self._work(worker, stop), name=f"shard {shard.name}")
         self.owned[shard.events] = _Owned(shard, worker, stop, task, self.clock())
@@ -246,6 +251,7 @@ class Fleet:
             if not owned.task.done():
                 continue
             del self.owned[key]
+            _add(self._finished, owned.worker.stats)
             error = None if owned.task.cancelled() else owned.task.exception()
             if isinstance(error, AuthError):
                 self.fatal = error

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -92,7 +94,12 @@ async def test_two_fleets_share_the_shards_and_hand_them_back_on_stop(
             # the API holds the points before the worker acknowledges them: wait for the acks;
             # each fleet's two shards hold six of the twelve executions
             await until(lambda: _acked(a, b, want=(300, 300)))
+            b_workers = [weakref.ref(owned.worker) for owned in b.owned.values()]
         # b stopped: it released its shards, and a takes them back
+        assert b.stats["entries_acked"] == 300  # its finished shard workers still count
+        assert not b.owned
+        gc.collect()
+        assert [ref() for ref in b_workers] == [None, None]  # not kept once finished
         await until(lambda: _owned_by(owners, {b"fleet-a": 4}))
         await xadd_steps(redis_client, executions, range(50, 60))
         await until(lambda: _delivered(scripted_api, 720))
