@@ -159,3 +159,18 @@ def test_letters_other_tools_wrote_are_skipped_not_fatal(
     assert "4000-0 is unreadable" in err
     code, out, _ = cli("status", "--json")
     assert orjson.loads(out)["dead"]["by_reason"]["mystery"] == 1  # counted as it is
+
+
+def test_purge_waits_for_no_replay(sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any) -> None:
+    """A purge during a replay could delete letters the replay has just appended."""
+    _fill(sync_redis, ops)
+    holder = "replay on ops-laptop pid 4242 since 2026-11-24T01:00:00.000000Z"
+    sync_redis.set(ops.keys.replay_lock, holder, px=30_000)
+    code, _, err = cli("dead purge", "--yes", "--execution", "run-a")
+    assert code == 1
+    assert holder in err and "nothing deleted" in err
+    assert _ids(sync_redis, ops) == ["1000-0", "2000-0", "3000-0"]
+    sync_redis.delete(ops.keys.replay_lock)
+    code, _, _ = cli("dead purge", "--yes", "--execution", "run-a")
+    assert code == 0 and _ids(sync_redis, ops) == ["2000-0", "3000-0"]
+    assert sync_redis.get(ops.keys.replay_lock) is None  # released

@@ -260,7 +260,7 @@ def test_a_second_replay_is_refused_while_one_holds_the_lock(
     sync_redis.set(ops.keys.replay_lock, holder, px=30_000)
     code, out, err = cli("replay")
     assert code == 1
-    assert holder in err and "run one at a time" in err
+    assert holder in err and "run one replay or purge at a time" in err
     assert (sync_redis.xlen(ops.keys.dead), sync_redis.xlen(ops.keys.events)) == (1, 0)
     code, out, _ = cli("replay", "--dry-run")  # looking needs no lock
     assert code == 0 and "would move 1" in out
@@ -285,7 +285,8 @@ async def test_the_lock_is_held_while_replaying_and_released_after_a_crash(
 
     async with ReplayLock(redis_client, ops.keys.replay_lock, holder="me") as lock:
         assert await redis_client.get(ops.keys.replay_lock) == b"me"
-        with pytest.raises(ReplayBusy, match=r"another replay is running \(me\)"):
+        busy = r"being changed by me; its lock expires in \d+s unless renewed: run one replay"
+        with pytest.raises(ReplayBusy, match=busy):
             async with ReplayLock(redis_client, ops.keys.replay_lock, holder="other"):
                 pass
         with pytest.raises(Crash):

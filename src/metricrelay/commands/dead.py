@@ -31,6 +31,7 @@ from metricrelay.ops.dead import (
     record_json,
 )
 from metricrelay.ops.layout import dead_pattern, layouts, shards_in_play
+from metricrelay.ops.replay_lock import ReplayBusy, ReplayLock, default_holder
 from metricrelay.ops.table import format_table
 from metricrelay.settings import Settings
 
@@ -250,9 +251,15 @@ def run_purge(args: argparse.Namespace) -> int:
     refs = [parse_ref(summary["id"], shards) for summary in summaries]
 
     async def main(client: Any) -> int:
-        return await purge_refs(client, refs)
+        # not while a replay moves letters: it may just have appended the ones purged here
+        async with ReplayLock(client, settings.keys().replay_lock, holder=default_holder("purge")):
+            return await purge_refs(client, refs)
 
-    code, deleted = run_with_redis(settings, args.timeout, main)
+    try:
+        code, deleted = run_with_redis(settings, args.timeout, main)
+    except ReplayBusy as exc:
+        print(f"metricrelay dead purge: {exc}; nothing deleted", file=sys.stderr)
+        return EXIT_ERROR
     if code:
         return code
     print(f"deleted {deleted} dead letter(s) from {where}")

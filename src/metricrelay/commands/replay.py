@@ -40,8 +40,9 @@ Valid parts are appended to the event stream for the worker; parts still invalid
 new dead letter with the new reason. The original leaves the dead-letter stream only after
 that append: a crash mid-replay loses nothing and duplicates at most the letter in hand.
 With shards, letters of every dead-letter stream (also of METRICRELAY_DRAIN_SHARDS' layout)
-go to the shard today's layout routes their execution to. One replay runs at a time: a
-second one exits with code 1 and names the replay holding the lock (a dry run needs none)."""
+go to the shard today's layout routes their execution to. One replay (or dead purge) runs at
+a time: a second one exits with code 1 and names the holder of the lock (a dry run needs
+none)."""
 
 
 def register(subparsers: Any) -> None:

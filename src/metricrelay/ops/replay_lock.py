@@ -1,10 +1,12 @@
-"""One replay at a time: a lock key held, and renewed, while a replay moves dead letters.
+"""One replay (or purge) at a time: a lock key held, and renewed, while dead letters change.
 
 Two replays of the same letters would both append them (duplicates at the API) before one of
-them deletes the originals. The lock (SET NX PX on ``Keys.replay_lock``) is renewed in the
-background; a replay that loses it (the process was paused for longer than the TTL, or the key
-was deleted by hand) stops before its next change, as another replay may have started by then.
-A replay that crashes leaves the lock to expire within its TTL.
+them deletes the originals; a purge during a replay could delete letters whose fragments the
+replay has just appended (they would be delivered although purged). The lock (SET NX PX on
+``Keys.replay_lock``) is renewed in the background; a replay that loses it (the process was
+paused for longer than the TTL, or the key was deleted by hand) stops before its next change,
+as another replay may have started by then. A replay that crashes leaves the lock to expire
+within its TTL.
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ DEFAULT_TTL_S: Final = 30.0
 
 
 class ReplayBusy(MetricRelayError):
-    """Another replay holds the lock."""
+    """Another replay (or purge) holds the lock."""
 
     def __init__(self, holder: str, expires_in: float | None) -> None:
-        left = f"; it expires in {expires_in:.0f}s unless renewed" if expires_in else ""
-        super().__init__(f"another replay is running ({holder}){left}: run one at a time")
+        left = f"; its lock expires in {expires_in:.0f}s unless renewed" if expires_in else ""
+        super().__init__(
+            f"the dead letters are being changed by {holder}{left}: "
+            "run one replay or purge at a time"
+        )
         self.holder = holder
 
 
@@ -46,9 +51,10 @@ class ReplayLockLost(MetricRelayError):
     """This replay's lock expired or was taken: it stopped before changing anything more."""
 
 
-def default_holder() -> str:
-    """Who holds the lock, for the message another replay prints: host, pid, start time."""
-    return f"{socket.gethostname()} pid {os.getpid()} since {format_utc(datetime.now(UTC))}"
+def default_holder(command: str = "replay") -> str:
+    """Who holds the lock, for the message another command prints: what, host, pid, start."""
+    host, pid, now = socket.gethostname(), os.getpid(), format_utc(datetime.now(UTC))
+    return f"{command} on {host} pid {pid} since {now}"
 
 
 class ReplayLock:
