@@ -28,7 +28,7 @@ from metricrelay.errors import MetricRelayError
 from metricrelay.leases import release_key, renew_key
 from metricrelay.timestamps import format_utc
 
-__all__ = ["DEFAULT_TTL_S", "ReplayBusy", "ReplayLock", "ReplayLockLost"]
+__all__ = ["DEFAULT_TTL_S", "ReplayBusy", "ReplayLock", "ReplayLockLost", "default_holder"]
 
 log = logging.getLogger(__name__)
 
