@@ -142,7 +142,7 @@ class Keys:
 
     @property
     def replay_lock(self) -> str:
-        """Held by the one ``replay`` or ``dead purge`` changing dead letters (value: who, since)."""
+        """Held by the one ``replay`` or ``dead purge`` changing dead letters (value: who)."""
         return f"{self.prefix}:replay:lock"
 
     # The single-shard names, for code and tools that know there is one shard.
