@@ -25,7 +25,7 @@ from metricrelay.fleet import Fleet, FleetShards
 from metricrelay.keys import Keys, ShardKeys, format_shard_list
 from metricrelay.leases import Leases
 from metricrelay.observability import WorkerMetrics
-from metricrelay.ops.layout import shards_in_play
+from metricrelay.ops.layout import streams_in_play
 from metricrelay.retry import RetryPolicy
 from metricrelay.settings import Settings
 from metricrelay.stream import EventStream
@@ -176,14 +176,13 @@ async def open_worker(settings: Settings, stack: AsyncExitStack) -> Worker | Fle
 
 
 def probe_config(settings: Settings) -> ProbeConfig:
-    in_play = [name for shard in shards_in_play(settings) for name in (shard.events, shard.dead)]
     return ProbeConfig(
         host=settings.health_host,
         port=settings.health_port or 0,
         ready_api_failure_seconds=settings.ready_api_failure_seconds,
         stray_interval=settings.stray_interval,
         prefix=settings.prefix,
-        in_play=tuple(in_play),
+        in_play=tuple(streams_in_play(settings)),
     )
 
 

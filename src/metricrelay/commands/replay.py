@@ -162,10 +162,12 @@ def run(args: argparse.Namespace) -> int:
     keys = settings.keys()  # where letters go: today's layout
     sources = shards_in_play(settings)  # where they come from: every layout in play
     letters: list[dict[str, Any]] = []
-    applied: list[ReplayPlan] = []
+    moved = 0  # letters moved so far, for the message if the replay has to stop
 
     def on_plan(plan: ReplayPlan) -> None:
-        applied.append(plan)
+        nonlocal moved
+        if not plan.unchanged:
+            moved += 1
         if args.json:
             letters.append(_plan_json(plan))
         elif args.dry_run:
@@ -182,7 +184,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"metricrelay replay: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except ReplayLockLost as exc:
-        moved = sum(1 for plan in applied if not plan.unchanged)
         print(f"metricrelay replay: {exc} ({moved} letter(s) moved before)", file=sys.stderr)
         return EXIT_ERROR
     if summary is None:

@@ -16,7 +16,13 @@ from metricrelay.commands._ops import (
     run_with_redis,
     settings_or_exit,
 )
-from metricrelay.ops.layout import dead_pattern, events_pattern, layouts, shards_in_play
+from metricrelay.ops.layout import (
+    dead_pattern,
+    events_pattern,
+    layouts,
+    shards_in_play,
+    streams_in_play,
+)
 from metricrelay.ops.status import to_json
 from metricrelay.ops.status_total import gather_all
 from metricrelay.ops.table import format_table
@@ -80,14 +86,13 @@ def run(args: argparse.Namespace) -> int:
             scan_limit=args.scan_limit,
             lag_scan_min=lag_scan_min,
         )
-        in_play_keys = [name for s in shards_in_play(settings) for name in (s.events, s.dead)]
         return to_json(
             overview.total,
             redis=redact_url(settings.redis_url),
             max_lag=args.max_lag,
             max_pending=args.max_pending,
             shards=overview.shards,
-            stray=await find_stray(client, settings.prefix, in_play_keys),
+            stray=await find_stray(client, settings.prefix, streams_in_play(settings)),
         )
 
     code, payload = run_with_redis(settings, args.timeout, main)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from metricrelay.keys import Keys, ShardKeys
 from metricrelay.settings import Settings
 
-__all__ = ["dead_pattern", "events_pattern", "layouts", "shards_in_play"]
+__all__ = ["dead_pattern", "events_pattern", "layouts", "shards_in_play", "streams_in_play"]
 
 
 def layouts(settings: Settings) -> list[Keys]:
@@ -24,6 +24,11 @@ def layouts(settings: Settings) -> list[Keys]:
 def shards_in_play(settings: Settings) -> list[ShardKeys]:
     """Every shard of every layout in play, current layout first, each in index order."""
     return [shard for layout in layouts(settings) for shard in layout.all_shards()]
+
+
+def streams_in_play(settings: Settings) -> list[str]:
+    """The event and dead-letter stream names of every shard in play (none of them is stray)."""
+    return [name for shard in shards_in_play(settings) for name in (shard.events, shard.dead)]
 
 
 def _pattern(layout: Keys, dead: bool) -> str:
