@@ -5,8 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from metricrelay.batching import AckLedger, Body, CloseReason, Coalescer, Limits
+from metricrelay.batching import Body, CloseReason, Coalescer, Limits
 from metricrelay.codec import EncodedFragment
+from metricrelay.entries import EntryBook
+from metricrelay.models import MAX_CUSTOM_INFO_BYTES
 
 
 def frag(
@@ -48,7 +50,9 @@ def test_one_metric_makes_one_exact_body() -> None:
     assert body.close_reason is CloseReason.FLUSH
     assert list(body.sources) == ["1-0"]
     assert coalescer.complete(body) == ["1-0"]
-    assert len(coalescer.ledger) == 0
+    assert len(coalescer.book) == 1  # done, kept until its acknowledgement is written
+    coalescer.book.acked(["1-0"])
+    assert len(coalescer.book) == 0
 
 
 def test_an_entry_spanning_bodies_is_done_only_when_all_are() -> None:
@@ -143,17 +147,18 @@ def test_replacing_a_tag_that_would_overflow_the_budget_opens_a_new_body() -> No
     assert decoded(new)["tags"] == [{"name": "a", "value": "y" * 200}]
 
 
-def test_item_too_large_on_its_own_is_rejected_at_intake() -> None:
-    coalescer = Coalescer(Limits(max_custom_info_bytes=1000, max_body_bytes=5000))
-    entry = frag(2, None, {"huge": "x" * 2000, "ok": "fine"})
+def test_only_a_documented_limit_makes_an_item_invalid_at_intake() -> None:
+    coalescer = Coalescer()
+    huge = "x" * MAX_CUSTOM_INFO_BYTES  # encoded with its name, over the API's 5 MB
+    entry = frag(2, None, {"huge": huge, "ok": "fine"})
     assert coalescer.add("1-0", entry, now=0.0) == []
     [rejected] = coalescer.take_rejected()
     assert rejected.section == "customInfo"
-    assert "at most 1000" in rejected.reason
+    assert f"at most {MAX_CUSTOM_INFO_BYTES}" in rejected.reason
     assert orjson.loads(rejected.resource()) == {
         "resourceGroup": "default",
         "executionId": "exec-1",
-        "customInfo": [{"name": "huge", "value": "x" * 2000}],
+        "customInfo": [{"name": "huge", "value": huge}],
     }
     [body] = coalescer.flush()
     assert decoded(body)["customInfo"] == [{"name": "ok", "value": "fine"}]
@@ -161,16 +166,19 @@ def test_item_too_large_on_its_own_is_rejected_at_intake() -> None:
     assert coalescer.resolve(rejected) == ["1-0"]
 
 
-def test_metric_too_large_for_the_byte_budget_is_rejected() -> None:
-    coalescer = Coalescer(Limits(max_body_bytes=200))
+def test_an_item_over_the_byte_budget_travels_alone_instead_of_being_rejected() -> None:
+    coalescer = Coalescer(Limits(max_body_bytes=200, max_custom_info_bytes=1000))
     big = orjson.dumps(
         {"name": "loss", "value": 1.0, "labels": [{"name": "a", "value": "v" * 250}]}
     )
-    coalescer.add("1-0", frag([big, orjson.dumps({"name": "ok", "value": 1.0})]), now=0.0)
-    [rejected] = coalescer.take_rejected()
-    assert "byte budget is 200" in rejected.reason
-    [body] = coalescer.flush()
-    assert len(body.metrics) == 1
+    ok = orjson.dumps({"name": "ok", "value": 1.0})
+    coalescer.add("1-0", frag([ok, big, ok], None, {"cm": "c" * 2000}), now=0.0)
+    assert coalescer.take_rejected() == []
+    bodies = [*coalescer.take_ready(), *coalescer.flush()]
+    assert [len(b.metrics) for b in bodies] == [1, 1, 1, 0]
+    assert bodies[1].metrics[0][0] == big and bodies[1].size > 200
+    assert decoded(bodies[3])["customInfo"] == [{"name": "cm", "value": "c" * 2000}]
+    assert [b.size <= 200 for b in bodies] == [True, False, True, False]
 
 
 def test_an_entry_with_no_items_is_done_at_once() -> None:
@@ -197,8 +205,8 @@ def test_limits_refuse_nonsense() -> None:
         Limits(max_body_bytes=100)
 
 
-def test_ledger_refuses_a_release_without_a_hold() -> None:
-    ledger = AckLedger()
+def test_the_book_refuses_a_release_without_a_hold() -> None:
+    ledger = EntryBook()
     ledger.hold("1-0", 2)
     assert ledger.release(["1-0"]) == []
     assert "1-0" in ledger
@@ -224,13 +232,37 @@ def test_split_keeps_order_sizes_and_sources() -> None:
         first.split()[0].split()[0].split()
 
 
-def test_learning_from_413_shrinks_later_bodies_but_never_grows_them() -> None:
+def test_learning_from_413_shrinks_later_bodies_never_below_the_floor() -> None:
     coalescer = Coalescer(Limits(max_body_bytes=1_000_000))
     coalescer.add("1-0", frag(800), now=0.0)
     [body] = coalescer.flush()
-    learned = coalescer.learn_too_large(body)
+    learned = coalescer.learn_too_large(body, now=0.0)
     assert learned.max_metrics == 400
     assert learned.max_body_bytes == max(body.size // 2, 16 * 1024)
     small = Coalescer(Limits(max_body_bytes=1000))
     small.add("1-0", frag(20), now=0.0)
-    assert small.learn_too_large(small.flush()[0]).max_body_bytes == 1000
+    assert small.learn_too_large(small.flush()[0], now=0.0).max_body_bytes == 1000
+
+
+def test_learned_limits_never_condemn_an_item_and_recover_after_a_quiet_period() -> None:
+    """Issue 14, failure mode 4: a 413 about the metric count halved the byte budget, and then
+    intake dead-lettered as invalid every customInfo item larger than it, for good."""
+    coalescer = Coalescer(recover_after=60.0)
+    coalescer.add("1-0", frag(200), now=0.0)
+    [body] = coalescer.flush()
+    for now in (1.0, 2.0, 3.0):  # the API takes 100 metrics a request: 413s, halving each time
+        learned = coalescer.learn_too_large(body, now=now)
+    assert learned.max_metrics == 100 and learned.max_body_bytes == 16 * 1024
+    report = {"mid": "m" * 20_000, "big": "b" * 1_000_000}  # the API allows 5 MB
+    assert coalescer.add("2-0", frag(0, None, report), now=4.0) == []
+    assert coalescer.take_rejected() == []
+    sent = [*coalescer.take_ready(), *coalescer.flush()]
+    assert sorted(len(decoded(b)["customInfo"][0]["value"]) for b in sent) == [20_000, 1_000_000]
+    coalescer.poll(50.0)
+    assert coalescer.limits.max_metrics == 100  # not quiet long enough yet
+    coalescer.poll(63.0)
+    assert coalescer.limits.max_metrics == 200  # one step up per quiet period
+    assert coalescer.limits.max_body_bytes == 32 * 1024
+    for now in (123.0, 183.0, 243.0, 303.0, 363.0, 423.0, 483.0, 543.0, 603.0):
+        coalescer.poll(now)
+    assert coalescer.limits == coalescer.configured == Limits()

@@ -5,9 +5,14 @@ Pure and synchronous: no I/O and no clock of its own (``now`` is passed in). One
 the maximum number of metrics, when its oldest item has waited ``linger`` seconds, or on flush.
 Because an execution only ever has one open body, its bodies come out in stream order.
 
-Acknowledgement bookkeeping lives in :class:`AckLedger`: every holder of a stream entry's items
-(an open or in-flight body, a rejected item awaiting its dead-letter write) holds the entry once;
-the entry may be acknowledged when the last holder releases it.
+Acknowledgement bookkeeping lives in the worker's :class:`~metricrelay.entries.EntryBook`: every
+holder of a stream entry's items (an open or in-flight body, a rejected item awaiting its
+dead-letter write) holds the entry once; the entry is done when the last holder releases it.
+
+Limits learned from 413 answers only shape batching: they make later bodies smaller, and they
+grow back towards the configured ones after a quiet period. An item is rejected at intake only by
+the API's documented limits; one too large for the configured or learned byte budget travels in
+a body of its own, and only the API's 413 to it alone makes it ``too_large``.
 """
 
 from __future__ import annotations
@@ -20,12 +25,17 @@ from typing import Final
 import orjson
 
 from metricrelay.codec import EncodedFragment, Section, single_item_resource
+from metricrelay.entries import EntryBook
 from metricrelay.models import MAX_CUSTOM_INFO, MAX_CUSTOM_INFO_BYTES, MAX_METRICS, MAX_TAGS
 
-__all__ = ["AckLedger", "Body", "CloseReason", "Coalescer", "Limits", "Rejected"]
+__all__ = ["Body", "CloseReason", "Coalescer", "Limits", "Rejected"]
 
 DEFAULT_MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 DEFAULT_LINGER: Final = 0.5
+# Seconds without a 413 after which learned limits grow one step back (doubling) towards the
+# configured ones: a gateway's limit may have been lifted, or the 413 was about something else.
+DEFAULT_RECOVER_AFTER: Final = 60.0
+_LEARNED_BYTES_FLOOR: Final = 16 * 1024  # below this, splitting each 413 on demand is cheaper
 
 # Body layout: {"executionId":<id>,"metrics":[...],"tags":[...],"customInfo":[...]}, with empty
 # sections left out. Each present section costs its key, brackets and one comma per extra item.
@@ -168,35 +178,6 @@ class Body:
         return b"".join(parts)
 
 
-class AckLedger:
-    """How many holders each stream entry still has; an entry is done when none are left."""
-
-    def __init__(self) -> None:
-        self._holds: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._holds)
-
-    def __contains__(self, source: object) -> bool:
-        return source in self._holds
-
-    def hold(self, source: str, count: int = 1) -> None:
-        self._holds[source] = self._holds.get(source, 0) + count
-
-    def release(self, sources: Iterable[str]) -> list[str]:
-        """Drop one hold of each source; return those that now have none, in the given order."""
-        done: list[str] = []
-        holds = self._holds
-        for source in sources:
-            left = holds[source] - 1  # KeyError: a release without a hold is a bug, say so
-            if left:
-                holds[source] = left
-            else:
-                del holds[source]
-                done.append(source)
-        return done
-
-
 class Coalescer:
     """Packs encoded fragments into PATCH bodies per (resourceGroup, executionId)."""
 
@@ -204,11 +185,16 @@ class Coalescer:
         self,
         limits: Limits | None = None,
         linger: float = DEFAULT_LINGER,
-        ledger: AckLedger | None = None,
+        book: EntryBook | None = None,
+        *,
+        recover_after: float = DEFAULT_RECOVER_AFTER,
     ) -> None:
-        self.limits = limits or Limits()
+        self.configured = limits or Limits()
+        self.limits = self.configured  # smaller while a learned limit applies
         self.linger = linger
-        self.ledger = ledger if ledger is not None else AckLedger()
+        self.recover_after = recover_after
+        self.book = book if book is not None else EntryBook()
+        self._learned_at: float | None = None  # when limits were last lowered or probed up
         self._open: dict[tuple[str, str], Body] = {}  # insertion order == opening order
         self._ready: list[Body] = []
         self._rejected: list[Rejected] = []
@@ -219,7 +205,7 @@ class Coalescer:
 
     def add(self, source: str, fragment: EncodedFragment, now: float) -> list[str]:
         """Take one entry's valid items. Returns ids done at once (an entry with no items)."""
-        self.ledger.hold(source)  # the intake hold: no release while the entry is half-placed
+        self.book.hold(source)  # the intake hold: no release while the entry is half-placed
         key = (fragment.resource_group, fragment.execution_id)
         for data in fragment.metrics:
             self._place(source, key, "metrics", None, data, now=now)
@@ -227,7 +213,7 @@ class Coalescer:
             self._place(source, key, "tags", name, data, now=now)
         for name, data in fragment.custom_info:
             self._place(source, key, "customInfo", name, data, now=now)
-        return self.ledger.release((source,))
+        return self.book.release((source,))
 
     def take_ready(self) -> list[Body]:
         """Closed bodies, oldest first; the caller owns them from now on."""
@@ -239,7 +225,9 @@ class Coalescer:
         return rejected
 
     def poll(self, now: float) -> list[Body]:
-        """Close bodies whose oldest item has waited ``linger``; return every ready body."""
+        """Close bodies whose oldest item has waited ``linger``; return every ready body.
+        Also lets learned limits recover after a quiet period."""
+        self._recover(now)
         expired = []
         for body in self._open.values():
             if now - body.opened_at < self.linger:
@@ -260,27 +248,42 @@ class Coalescer:
         oldest = next(iter(self._open.values()), None)
         return None if oldest is None else oldest.opened_at + self.linger
 
-    def learn_too_large(self, body: Body) -> Limits:
-        """A body with several items drew 413: halve the byte budget (and the metric count) for
-        later bodies, so they stop hitting a limit the server has and does not document."""
-        floor = 16 * 1024  # below this, splitting each 413 on demand is cheaper than shrinking
+    def learn_too_large(self, body: Body, now: float) -> Limits:
+        """A body with several items drew 413: later bodies get half its bytes and metrics.
+
+        The server does not say which of its limits the body broke, so both shrink; neither ever
+        condemns an item (see the module docstring), and both grow back after a quiet period."""
         metrics = len(body.metrics)
         self.limits = replace(
             self.limits,
-            max_body_bytes=min(self.limits.max_body_bytes, max(body.size // 2, floor)),
-            max_metrics=min(self.limits.max_metrics, metrics // 2)
+            max_body_bytes=min(
+                self.limits.max_body_bytes, max(body.size // 2, _LEARNED_BYTES_FLOOR)
+            ),
+            max_metrics=min(self.limits.max_metrics, max(1, metrics // 2))
             if metrics > 1
-            else (self.limits.max_metrics),
+            else self.limits.max_metrics,
         )
+        self._learned_at = now
         return self.limits
+
+    def _recover(self, now: float) -> None:
+        if self._learned_at is None or now - self._learned_at < self.recover_after:
+            return
+        top = self.configured
+        self.limits = replace(
+            self.limits,
+            max_body_bytes=min(top.max_body_bytes, self.limits.max_body_bytes * 2),
+            max_metrics=min(top.max_metrics, self.limits.max_metrics * 2),
+        )
+        self._learned_at = None if self.limits == top else now
 
     def complete(self, body: Body) -> list[str]:
         """The body was delivered or dead-lettered: release its entries; return the done ids."""
-        return self.ledger.release(body.sources)
+        return self.book.release(body.sources)
 
     def resolve(self, rejected: Rejected) -> list[str]:
         """The rejected item was dead-lettered: release its entry; return the done ids."""
-        return self.ledger.release((rejected.source,))
+        return self.book.release((rejected.source,))
 
     def _place(
         self,
@@ -292,39 +295,34 @@ class Coalescer:
         *,
         now: float,
     ) -> None:
-        body = self._open.get(key)
-        if body is None:
-            misfit = self._lone_misfit(key[1], section, data)
-            if misfit is not None:
-                self.ledger.hold(source)
-                self._rejected.append(Rejected(source, *key, section, data, misfit))
-                return
-            body = self._new_body(key, now)
+        problem = _invalid_alone(section, data)
+        if problem is not None:
+            self.book.hold(source)
+            self._rejected.append(Rejected(source, *key, section, data, problem))
+            return
+        body = self._open.get(key) or self._new_body(key, now)
         replaced = None if name is None else body.named(section).get(name)
         replaces = None if replaced is None else replaced[0]
         full = self._misfit(body, section, data, replaces)
-        if full is not None:
-            misfit = self._lone_misfit(key[1], section, data)
-            if misfit is not None:  # would not fit a fresh body either: keep this one open
-                self.ledger.hold(source)
-                self._rejected.append(Rejected(source, *key, section, data, misfit))
-                return
+        if full is not None and body.item_count:
             self._close(body, full)
             body = self._new_body(key, now)
             replaces = None
+            full = self._misfit(body, section, data, None)
         if source not in body.sources:
             body.sources[source] = None
-            self.ledger.hold(source)
+            self.book.hold(source)
         body.size += body.growth(section, data, replaces)
         if name is None:
             body.metrics.append((data, source))
-            if len(body.metrics) >= self.limits.max_metrics:
-                self._close(body, CloseReason.METRICS)
-            return
-        # last write wins by name; the earlier entry stays a source of this body (it is covered)
-        body.named(section)[name] = (data, source)
-        if section == "customInfo":
-            body.custom_info_bytes += len(data) - (0 if replaces is None else len(replaces))
+        else:  # last write wins by name; the earlier entry stays a source of this body (covered)
+            body.named(section)[name] = (data, source)
+            if section == "customInfo":
+                body.custom_info_bytes += len(data) - (0 if replaces is None else len(replaces))
+        if full is not None:  # too large for any body under the budget: it travels alone
+            self._close(body, full)
+        elif name is None and len(body.metrics) >= self.limits.max_metrics:
+            self._close(body, CloseReason.METRICS)
 
     def _misfit(
         self, body: Body, section: Section, data: bytes, replaces: bytes | None
@@ -346,21 +344,6 @@ class Coalescer:
             return CloseReason.BYTES
         return None
 
-    def _lone_misfit(self, execution: str, section: Section, data: bytes) -> str | None:
-        """Why ``data`` could not fit even into an empty body (None if it could)."""
-        if section == "customInfo" and len(data) > self.limits.max_custom_info_bytes:
-            return (
-                f"customInfo item is {len(data)} bytes encoded; all customInfo of one resource "
-                f"may take at most {self.limits.max_custom_info_bytes}"
-            )
-        alone = len(_HEAD) + len(orjson.dumps(execution)) + len(_KEYS[section]) + len(data) + 2
-        if alone > self.limits.max_body_bytes:
-            return (
-                f"{section} item makes a {alone}-byte body on its own; "
-                f"the body byte budget is {self.limits.max_body_bytes}"
-            )
-        return None
-
     def _new_body(self, key: tuple[str, str], now: float) -> Body:
         body = Body(key[0], key[1], now, _HEAD + orjson.dumps(key[1]))
         self._open[key] = body
@@ -371,3 +354,14 @@ class Coalescer:
         body.close_reason = reason
         if body.metrics or body.tags or body.custom_info:
             self._ready.append(body)
+
+
+def _invalid_alone(section: Section, data: bytes) -> str | None:
+    """Why one item breaks a limit the API documents on its own (None if it does not); only
+    those make an item ``invalid`` before any request."""
+    if section == "customInfo" and len(data) > MAX_CUSTOM_INFO_BYTES:
+        return (
+            f"customInfo item is {len(data)} bytes encoded; all customInfo of one resource "
+            f"may take at most {MAX_CUSTOM_INFO_BYTES}"
+        )
+    return None

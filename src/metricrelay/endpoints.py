@@ -157,6 +157,8 @@ class Endpoints:
             checks["group"] = await self._check(self._group_exists)
         else:
             checks["group"] = "not checked"
+        if self.metrics.redis_is_full():  # reachable, but refusing writes: nothing moves
+            checks["redis"] = "full (maxmemory reached): writes refused"
         failing = self.metrics.api.failing_for()
         limit = self.config.ready_api_failure_seconds
         checks["api"] = "ok" if failing <= limit else f"failing for {failing:.0f}s"

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from metricrelay.connection import REDIS_UNAVAILABLE
+from metricrelay.entries import MemoryBudget
 from metricrelay.errors import AuthError
 from metricrelay.keys import ShardKeys
 from metricrelay.leases import Leases
+from metricrelay.retry import redis_full, redis_transient
 from metricrelay.stream import GroupInfo, read_group_info
-from metricrelay.worker import MemoryBudget, Worker
+from metricrelay.worker import Worker
 
 if TYPE_CHECKING:
     from metricrelay.observability import WorkerMetrics
@@ -103,6 +105,8 @@ class Fleet:
         self.fatal: AuthError | None = None
         self._burst = False
         self._beaten = False
+        self._workers = 1  # live workers at the last beat that got through
+        self._redis_full_since: float | None = None
         self._offset = zlib.crc32(leases.me.encode())  # workers search from different shards
 
     # ------------------------------------------------------------------ what observers read
@@ -134,6 +138,13 @@ class Fleet:
     def shards_owned(self) -> int:
         return sum(1 for owned in self.owned.values() if not owned.lost)
 
+    @property
+    def redis_full_since(self) -> float | None:
+        """Since when Redis refuses writes for lack of memory (this fleet's or a shard's)."""
+        times = [o.worker.redis_full_since for o in self.owned.values()]
+        known = [t for t in (self._redis_full_since, *times) if t is not None]
+        return min(known) if known else None
+
     async def group_info(self) -> GroupInfo | None:
         """Lag and pending summed over the shards this process may own; None if no shard has a
         consumer group yet."""
@@ -158,8 +169,11 @@ class Fleet:
                     await self._rebalance(burst)
                     if burst and not self.owned and await self._all_empty():
                         break
-                except REDIS_UNAVAILABLE as exc:
-                    log.warning("redis unavailable while balancing shards (%s)", exc)
+                    self._redis_full_since = None
+                except Exception as exc:
+                    if not redis_transient(exc):
+                        raise
+                    self._redis_failed(exc, "balancing shards")
                     await self._expire_unrenewed()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.tick):
@@ -168,6 +182,14 @@ class Fleet:
             await self._stop_all()
         if self.fatal is not None:
             raise self.fatal
+
+    def _redis_failed(self, exc: Exception, what: str) -> None:
+        if not redis_full(exc):
+            log.warning("redis unavailable while %s (%s)", what, exc)
+            return
+        if self._redis_full_since is None:
+            self._redis_full_since = self.clock()
+        log.error("redis is full (maxmemory reached) while %s: %s; retrying", what, exc)
 
     def _eligible(self) -> list[ShardKeys]:
         shards = list(self.shards.old)
@@ -180,12 +202,20 @@ class Fleet:
         if not self._drained and await self._old_layout_empty():
             self._drained = True
             log.info("the old shard layout is drained: taking shards of the new layout")
-        workers = await self.leases.beat()
-        await self._renew()
-        if not self._beaten:  # one tick to let replicas started together see each other
+        await self._renew()  # first: a lease (PEXPIRE) renews even when Redis is full
+        try:
+            self._workers = workers = await self.leases.beat()
+        except Exception as exc:  # a full Redis refuses the beat (ZADD): go on with the last
+            if not redis_transient(exc):
+                raise
+            self._redis_failed(exc, "beating")
+            workers = self._workers
+        eligible = self._eligible()
+        # one tick to let replicas started together see each other before sharing the shards
+        # (one shard is never shared: the first to ask owns it, the others stand by)
+        if not self._beaten and len(eligible) > 1:
             self._beaten = True
             return
-        eligible = self._eligible()
         share = Leases.share(len(eligible), workers)
         staying = [o for o in self.owned.values() if not o.leaving and not o.lost]
         for extra in staying[share:]:  # more than our share: hand back, after draining
@@ -224,7 +254,9 @@ class Fleet:
                 continue
             try:
                 kept = await self.leases.renew(owned.shard)
-            except REDIS_UNAVAILABLE as exc:
+            except Exception as exc:
+                if not redis_transient(exc):
+                    raise
                 log.warning("could not renew the lease of shard %s (%s)", owned.shard.name, exc)
                 continue
             if kept:

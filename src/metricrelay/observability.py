@@ -13,6 +13,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from metricrelay.batching import CloseReason
 from metricrelay.deadletter import Reason
+from metricrelay.tally import Tally, body_tally, dead_tally
 
 if TYPE_CHECKING:
     from metricrelay.stream import GroupInfo
@@ -31,6 +32,8 @@ class Watched(Protocol):
     def queued(self) -> int: ...
     @property
     def shards_owned(self) -> int: ...
+    @property
+    def redis_full_since(self) -> float | None: ...
 
 
 __all__ = ["LATENCY_BUCKETS", "LOOP_LAG_BUCKETS", "ApiContact", "WorkerMetrics"]
@@ -99,9 +102,10 @@ class WorkerMetrics:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = CollectorRegistry()
         self.api = ApiContact(clock)
-        self._by_name: dict[str, Increment | None] = {}
         self._init_counters()
         self._init_gauges()
+        self._by_name = self._increments()
+        self._watched: Watched | None = None
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
         return Counter(name, documentation, labels, registry=self.registry)
@@ -236,42 +240,47 @@ class WorkerMetrics:
             registry=r,
         )
         owned.set_function(lambda: worker.shards_owned)
+        full = Gauge(
+            "metricrelay_redis_full",
+            "1 while Redis refuses the worker's writes for lack of memory (maxmemory reached).",
+            registry=r,
+        )
+        full.set_function(lambda: 0 if worker.redis_full_since is None else 1)
+        self._watched = worker
         r.register(_TokenCollector(tokens))
 
     # ------------------------------------------------------------------ fed by the worker
 
-    def count(self, name: str, amount: int) -> None:
-        """Add to the metric behind one of ``Worker.count``'s names (others are ignored)."""
-        try:
-            increment = self._by_name[name]
-        except KeyError:  # the first time this name is counted
-            increment = self._by_name[name] = self._resolve(name)
+    def redis_is_full(self) -> bool:
+        """Whether the watched worker's last Redis write was refused for lack of memory."""
+        watched = self._watched
+        return watched is not None and watched.redis_full_since is not None
+
+    def count(self, name: Tally, amount: int) -> None:
+        """Add to the metric behind one of the worker's counters (some have none)."""
+        increment = self._by_name.get(name)
         if increment is not None and amount:
             increment(amount)
 
-    def _resolve(self, name: str) -> Increment | None:
-        plain: dict[str, Counter] = {
-            "entries_read": self.events_read,
-            "entries_acked": self.events_acked,
-            "reclaimed": self.events_reclaimed,
-            "entries_misrouted": self.events_misrouted,
-            "trimmed": self.events_trimmed,
-            "points_sent": self.points_sent,
-            "retries": self.retries,
-            "isolated_400": self.isolated,
+    def _increments(self) -> dict[Tally, Increment]:
+        by_name: dict[Tally, Increment] = {
+            Tally.ENTRIES_READ: self.events_read.inc,
+            Tally.ENTRIES_ACKED: self.events_acked.inc,
+            Tally.RECLAIMED: self.events_reclaimed.inc,
+            Tally.ENTRIES_MISROUTED: self.events_misrouted.inc,
+            Tally.TRIMMED: self.events_trimmed.inc,
+            Tally.POINTS_SENT: self.points_sent.inc,
+            Tally.RETRIES: self.retries.inc,
+            Tally.ISOLATED_400: self.isolated.inc,
+            Tally.SPLITS_413: self.splits.labels("413").inc,
+            Tally.SPLITS_400: self.splits.labels("400").inc,
         }
-        if name in plain:
-            return plain[name].inc
-        labelled: tuple[tuple[str, Counter], ...] = (
-            ("bodies_", self.bodies),
-            ("dead_letters_", self.dead_letters),
-            ("splits_", self.splits),
-        )
-        for prefix, counter in labelled:
-            if name.startswith(prefix):
-                return counter.labels(name.removeprefix(prefix)).inc
-        # requests and status_* come from the dispatcher's observer, per request
-        return None
+        for close_reason in CloseReason:
+            by_name[body_tally(close_reason)] = self.bodies.labels(close_reason.value).inc
+        for reason in Reason:
+            by_name[dead_tally(reason)] = self.dead_letters.labels(reason.value).inc
+        # requests and their statuses come from the dispatcher's observer, per request
+        return by_name
 
     # ------------------------------------------------------------------ fed by the dispatcher
 

@@ -50,12 +50,18 @@ class DeliveryReport:
 # transactions are not usable from asyncio (they run each command on a thread of their own).
 # KEYS: the stream, then the progress hashes. ARGV: group, TTL, n, n ids, then per hash the
 # number of (field, amount) pairs and the pairs.
+# Counts are raised only if this call acknowledged something: when a run's reply was lost and
+# the script runs again, its ids are already acknowledged and the counts are not raised twice.
+# (The worker sends counts only with the ids they belong to: entries.py.)
 _ACK_AND_COUNT: Final = """
 local n = tonumber(ARGV[3])
 local acked = 0
 for first = 4, 3 + n, 1000 do
   local last = math.min(3 + n, first + 999)
   acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, first, last))
+end
+if acked == 0 then
+  return 0
 end
 local at = 4 + n
 for k = 2, #KEYS do
@@ -77,7 +83,12 @@ async def ack_with_progress(
     ids: Sequence[str],
     counts: Mapping[tuple[str, str], Mapping[str, int]],
 ) -> int:
-    """XACK ``ids`` and raise the per-execution counters in one atomic step; the count acked."""
+    """XACK ``ids`` and raise the per-execution counters in one atomic step; the count acked.
+
+    The counters are raised only if some id was still pending: running this twice (a lost
+    reply, retried) counts once."""
+    if not ids:
+        raise ValueError("progress counts travel with the acknowledgement of their entries")
     hashes: list[str] = []
     args: list[str | int] = [keys.group, PROGRESS_TTL_S, len(ids), *ids]
     for (group, execution), fields in counts.items():

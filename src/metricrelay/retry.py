@@ -1,8 +1,15 @@
-"""The one backoff policy and retry loop; sleep, clock and randomness are injected."""
+"""The one backoff policy and its retry loops; sleep, clock and randomness are injected.
+
+:func:`call_with_retry` retries an operation on the API within a time budget; :func:`until_done`
+retries a Redis write for as long as Redis is away or refuses it for a passing reason (full,
+loading, read-only during a failover, a cluster re-electing): giving up would leave entries held
+and nothing could progress anyway.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import re
@@ -13,9 +20,22 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Final, TypeVar
 
+from redis import exceptions as redis_errors
+
+from metricrelay.connection import REDIS_UNAVAILABLE
 from metricrelay.errors import MetricRelayError, RetriesExhausted
 
-__all__ = ["RetryPolicy", "call_with_retry", "parse_retry_after"]
+__all__ = [
+    "REDIS_BACKOFF",
+    "RetryPolicy",
+    "call_with_retry",
+    "parse_retry_after",
+    "redis_full",
+    "redis_transient",
+    "until_done",
+]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -130,4 +150,69 @@ async def call_with_retry(
                 raise RetriesExhausted(error, attempts) from error
             if on_retry is not None:
                 on_retry(error, attempts, delay)
+        await sleep(delay)
+
+
+# Answers of a Redis that will serve again by itself: full (maxmemory with noeviction: OOM),
+# loading its data after a restart, a replica during a failover, a cluster re-electing a master
+# or migrating a slot, a script running too long.
+_TRANSIENT_CLASSES: Final = (
+    redis_errors.OutOfMemoryError,
+    redis_errors.BusyLoadingError,
+    redis_errors.ReadOnlyError,
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,
+)
+_TRANSIENT_PREFIXES: Final = (
+    "OOM",
+    "LOADING",
+    "READONLY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "BUSY ",
+    "NOREPLICAS",
+)
+REDIS_BACKOFF: Final = RetryPolicy(base=0.1, cap=5.0, budget=math.inf, retry_after_cap=0.0)
+
+
+def redis_transient(error: BaseException) -> bool:
+    """Whether a Redis call that raised ``error`` is worth retrying as it is."""
+    if isinstance(error, (*REDIS_UNAVAILABLE, *_TRANSIENT_CLASSES)):
+        return True
+    return isinstance(error, redis_errors.ResponseError) and str(error).startswith(
+        _TRANSIENT_PREFIXES
+    )
+
+
+def redis_full(error: BaseException) -> bool:
+    """Redis refused a write because it reached ``maxmemory`` (with ``noeviction``)."""
+    return isinstance(error, redis_errors.OutOfMemoryError) or str(error).startswith("OOM")
+
+
+async def until_done(
+    operation: Callable[[], Awaitable[T]],
+    what: str,
+    *,
+    on_error: Callable[[BaseException], None] | None = None,
+    policy: RetryPolicy = REDIS_BACKOFF,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    rng: random.Random | None = None,
+) -> T:
+    """Await ``operation()`` until it succeeds, retrying transient Redis errors with backoff;
+    anything else (cancellation included) propagates. ``on_error`` sees every retried error."""
+    rng = rng if rng is not None else random.Random()
+    failures = 0
+    while True:
+        try:
+            return await operation()
+        except Exception as error:
+            if not redis_transient(error):
+                raise
+            delay = policy.delay(failures, rng)
+            failures += 1
+            if on_error is not None:
+                on_error(error)
+            state = "full (maxmemory reached)" if redis_full(error) else "unavailable"
+            log.warning("redis %s while %s (%s); retrying in %.1fs", state, what, error, delay)
         await sleep(delay)

@@ -31,12 +31,14 @@ class KeyedScheduler:
         limit: int,
         run: Callable[[Body], Coroutine[Any, Any, None]],
         slots: asyncio.Semaphore | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError("the concurrency limit must be at least 1")
         self.limit = limit
         self._run = run
         self._slots = slots
+        self._on_error = on_error  # a delivery raised: its holds are unaccounted for now
         self._queues: dict[Key, deque[Body]] = {}
         self._waiting: deque[Key] = deque()  # keys with work, no task, waiting for a slot
         self._tasks: dict[Key, asyncio.Task[None]] = {}
@@ -53,6 +55,8 @@ class KeyedScheduler:
         return sum(len(q) for q in self._queues.values())
 
     def submit(self, body: Body) -> None:
+        if self._closed:  # halted or cancelled: the body's entries stay pending
+            return
         key = body.key
         queue = self._queues.get(key)
         if queue is None:
@@ -73,6 +77,14 @@ class KeyedScheduler:
         except TimeoutError:
             return False
         return True
+
+    def halt(self) -> None:
+        """Start nothing more and forget what waits; what runs goes on (``wait_idle``)."""
+        self._closed = True
+        self._queues.clear()
+        self._waiting.clear()
+        if not self._tasks:
+            self._idle.set()
 
     async def cancel(self) -> None:
         """Cancel what runs and forget what waits (their entries stay unacknowledged)."""
@@ -104,8 +116,11 @@ class KeyedScheduler:
     def _finished(self, key: Key, task: asyncio.Task[None]) -> None:
         if self._tasks.get(key) is task:
             del self._tasks[key]
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery for %s/%s failed unexpectedly", *key, exc_info=task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("delivery for %s/%s failed unexpectedly", *key, exc_info=error)
+            if self._on_error is not None:
+                self._on_error(error)
         if self._queues.get(key):
             self._waiting.append(key)  # to the back: other executions get their turn first
         else:

@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from typing import Any
@@ -21,6 +22,7 @@ from metricrelay.batching import Coalescer, Limits
 from metricrelay.connection import async_client
 from metricrelay.dispatch import Dispatcher
 from metricrelay.endpoints import Endpoints, ProbeConfig
+from metricrelay.entries import EntryBook, MemoryBudget
 from metricrelay.fleet import Fleet, FleetShards
 from metricrelay.keys import Keys, ShardKeys, format_shard_list
 from metricrelay.leases import Leases
@@ -29,19 +31,21 @@ from metricrelay.ops.layout import streams_in_play
 from metricrelay.retry import RetryPolicy
 from metricrelay.settings import Settings
 from metricrelay.stream import EventStream
-from metricrelay.worker import MemoryBudget, Worker, WorkerConfig
+from metricrelay.worker import Worker, WorkerConfig
 
 __all__ = [
     "metrics_url",
     "open_endpoints",
+    "open_shard_worker",
     "open_worker",
     "probe_config",
     "run_worker",
-    "sharded",
     "worker_config",
 ]
 
 log = logging.getLogger(__name__)
+
+_EXIT_GRACE_S = 5.0  # after the drain deadline, for releasing leases and closing connections
 
 
 def worker_config(settings: Settings) -> WorkerConfig:
@@ -64,11 +68,6 @@ def metrics_url(settings: Settings) -> tuple[str, bool]:
     if settings.auth_mode() == "none":
         return f"{str(settings.tracking_endpoint).rstrip('/')}/api/v1/metrics", False
     return f"{str(settings.api_url).rstrip('/')}/lm/metrics", True
-
-
-def sharded(settings: Settings) -> bool:
-    """More than one shard, or the shard count changing: shards are owned under leases."""
-    return settings.shards > 1 or settings.drain_shards is not None
 
 
 class _Parts:
@@ -101,7 +100,9 @@ class _Parts:
         slots: asyncio.Semaphore | None = None,
     ) -> Worker:
         settings = self.settings
-        coalescer = Coalescer(Limits(max_body_bytes=settings.max_body_bytes), settings.linger)
+        book = EntryBook(self.budget)
+        limits = Limits(max_body_bytes=settings.max_body_bytes)
+        coalescer = Coalescer(limits, settings.linger, book)
         dispatcher = Dispatcher(
             self.session,
             self.url,
@@ -109,7 +110,7 @@ class _Parts:
             self.policy,
             timeout=settings.request_timeout,
             with_resource_group=self.with_group,
-            on_too_large=coalescer.learn_too_large,
+            on_too_large=lambda body: coalescer.learn_too_large(body, time.monotonic()),
             observer=self.metrics,
         )
         stream = EventStream(self.client, keys, settings.consumer_name)
@@ -129,50 +130,60 @@ class _Parts:
         )
 
 
-async def open_worker(settings: Settings, stack: AsyncExitStack) -> Worker | Fleet:
+async def open_worker(settings: Settings, stack: AsyncExitStack) -> Fleet:
     """Build a worker and its connections; ``stack`` closes them.
 
-    One shard: a :class:`Worker` on the stream, shared with any other replica as before. More
-    shards: a :class:`Fleet` that owns some of them under leases (fleet.py).
+    Always a :class:`Fleet` that owns streams under leases (fleet.py): every stream, the one
+    stream of the default layout included, has one owner at a time, so an execution's bodies
+    land in stream order whatever the number of replicas; replicas beyond the streams stand by
+    and take over a stream whose owner stops or dies.
     """
+    parts = await _open_parts(settings, stack)
+    client, metrics = parts.client, parts.metrics
+    keys = settings.keys()
+    current = [keys.shard(index) for index in settings.owned_shards()]
+    old = []
+    if settings.drain_shards is not None:
+        old = Keys(settings.prefix, settings.drain_shards).all_shards()
+    shards = FleetShards(current, old)
+    slots = asyncio.Semaphore(settings.concurrency)  # one limit for every shard together
+    pool = "" if settings.only_shards is None else format_shard_list(settings.owned_shards())
+    leases = Leases(client, keys, settings.consumer_name, settings.lease_ttl, pool=pool)
+    fleet = Fleet(
+        client,
+        shards,
+        leases,
+        lambda shard: parts.worker(shard, exclusive=True, slots=slots),
+        parts.budget,
+        tick=settings.lease_ttl / 4,
+        metrics=metrics,
+    )
+    log.info(
+        "worker %s sharing %d shards%s",
+        settings.consumer_name,
+        len(current),
+        "" if not shards.old else f" after draining {len(shards.old)} old ones",
+    )
+    log.info("sending to %s", parts.url)
+    metrics.watch(fleet, parts.tokens)
+    return fleet
+
+
+async def open_shard_worker(settings: Settings, stack: AsyncExitStack, index: int = 0) -> Worker:
+    """One :class:`Worker` on one stream (shard ``index``), with no lease: for tests and
+    benchmarks that look inside a worker. The daemon runs :func:`open_worker`."""
+    parts = await _open_parts(settings, stack)
+    worker = parts.worker(settings.keys().shard(index))
+    parts.metrics.watch(worker, parts.tokens)
+    return worker
+
+
+async def _open_parts(settings: Settings, stack: AsyncExitStack) -> _Parts:
     client = async_client(settings.redis_url, cluster=settings.cluster)
     stack.push_async_callback(client.aclose)
     session = await stack.enter_async_context(aiohttp.ClientSession())
-    metrics = WorkerMetrics()
     tokens = build_token_provider(settings, session)
-    parts = _Parts(settings, client, session, tokens, metrics)
-    runner: Worker | Fleet
-    if not sharded(settings):
-        runner = parts.worker(settings.keys())
-        log.info("worker %s reading %s", settings.consumer_name, runner.stream.keys.events)
-    else:
-        keys = settings.keys()
-        current = [keys.shard(index) for index in settings.owned_shards()]
-        old = []
-        if settings.drain_shards is not None:
-            old = Keys(settings.prefix, settings.drain_shards).all_shards()
-        shards = FleetShards(current, old)
-        slots = asyncio.Semaphore(settings.concurrency)  # one limit for every shard together
-        pool = "" if settings.only_shards is None else format_shard_list(settings.owned_shards())
-        leases = Leases(client, keys, settings.consumer_name, settings.lease_ttl, pool=pool)
-        runner = Fleet(
-            client,
-            shards,
-            leases,
-            lambda shard: parts.worker(shard, exclusive=True, slots=slots),
-            parts.budget,
-            tick=settings.lease_ttl / 4,
-            metrics=metrics,
-        )
-        log.info(
-            "worker %s sharing %d shards%s",
-            settings.consumer_name,
-            len(current),
-            "" if not shards.old else f" after draining {len(shards.old)} old ones",
-        )
-    log.info("sending to %s", parts.url)
-    metrics.watch(runner, tokens)
-    return runner
+    return _Parts(settings, client, session, tokens, WorkerMetrics())
 
 
 def probe_config(settings: Settings) -> ProbeConfig:
@@ -222,8 +233,16 @@ async def run_worker(settings: Settings, *, burst: bool = False) -> Worker | Fle
         if signals == 1:
             log.info("stopping: draining for up to %.0fs", settings.drain_deadline)
             stop.set()
+            # However stuck a call is (a Redis that never answers), the process ends in time:
+            # what is unacknowledged stays pending for the next owner.
+            loop.call_later(settings.drain_deadline + _EXIT_GRACE_S, forced_exit)
         elif main is not None:
             log.warning("second signal: exiting now; unfinished entries stay pending")
+            main.cancel()
+
+    def forced_exit() -> None:
+        if main is not None and not main.done():
+            log.warning("drain deadline passed: exiting now; unfinished entries stay pending")
             main.cancel()
 
     for number in (signal.SIGTERM, signal.SIGINT):

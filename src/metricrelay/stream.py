@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import redis.asyncio as redis_asyncio
 from redis.exceptions import ResponseError
@@ -110,7 +110,12 @@ class EventStream:
 
     async def ensure_group(self) -> None:
         """Create the group (and the stream) if missing, from the stream's first entry: what
-        producers wrote before any worker ever ran is delivered too."""
+        producers wrote before any worker ever ran is delivered too.
+
+        Looks first (a read): a full Redis refuses XGROUP CREATE even when the group exists, and
+        a worker must start then — it is what frees the memory."""
+        if await read_group_info(self.redis, self.keys) is not None:
+            return
         try:
             await self.redis.xgroup_create(self.keys.events, self.keys.group, id="0", mkstream=True)
             log.info("created consumer group %s on %s", self.keys.group, self.keys.events)
@@ -174,14 +179,33 @@ class EventStream:
         entries = _entries(rows)
         if not entries:
             return []
-        counts = await self.delivery_counts(entries[0].id, entries[-1].id, len(entries) * 2)
+        counts = await self.delivery_counts([entry.id for entry in entries])
         return [(entry, counts.get(entry.id, 1)) for entry in entries]
 
-    async def delivery_counts(self, first: str, last: str, count: int) -> dict[str, int]:
-        rows = await self.redis.xpending_range(
-            self.keys.events, self.keys.group, first, last, count, consumername=self.consumer
-        )
-        return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+    async def delivery_counts(self, ids: Sequence[str]) -> dict[str, int]:
+        """How many times each id was delivered, exactly: one XPENDING per id (a range query
+        with a count is cut short by other pending entries inside the range)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xpending_range(self.keys.events, self.keys.group, entry_id, entry_id, 1)
+        counts: dict[str, int] = {}
+        for rows in await pipe.execute():
+            for row in rows:
+                counts[_text(row["message_id"])] = int(row["times_delivered"])
+        return counts
+
+    async def let_go(self, deliveries: dict[str, int]) -> int:
+        """Entries this consumer stops working on without a fault of theirs (a lost lease, the
+        drain deadline, refused credentials): set their delivery counts back to what they were
+        before it got them, so that moving work between workers never makes an entry poison.
+        Entries another consumer has claimed meanwhile are left alone; idle times are kept, so
+        the next owner's wait is not prolonged. Returns how many were set back."""
+        args: list[str | int] = [self.keys.group, self.consumer]
+        for entry_id, count in deliveries.items():
+            args += [entry_id, max(0, count - 1)]
+        if len(args) == 2:
+            return 0
+        return int(await self.redis.eval(_LET_GO, 1, self.keys.events, *args))
 
     async def prune_consumers(self, min_idle_ms: int) -> list[str]:
         """Forget consumers (crashed or stopped replicas) with nothing pending, idle that long;
@@ -211,12 +235,29 @@ class EventStream:
             needed = _text(group["last-delivered-id"])
             if int(group["pending"]):
                 summary = await self.redis.xpending(self.keys.events, name)
-                needed = min(needed, _text(summary["min"]), key=_id_key)
+                # acknowledged in between: nothing pending any more, no oldest one to keep
+                if summary["min"] is not None:
+                    needed = min(needed, _text(summary["min"]), key=_id_key)
             keep_from = needed if keep_from is None else min(keep_from, needed, key=_id_key)
         if keep_from is None or keep_from == "0-0":
             return 0
         trimmed: int = await self.redis.xtrim(self.keys.events, minid=keep_from, approximate=False)
         return trimmed
+
+
+# KEYS: the stream. ARGV: group, consumer, then (id, delivery count) pairs.
+_LET_GO: Final = """
+local reset = 0
+for i = 3, #ARGV, 2 do
+  local row = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
+  if row and row[2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i],
+               'IDLE', row[3], 'RETRYCOUNT', ARGV[i + 1], 'JUSTID')
+    reset = reset + 1
+  end
+end
+return reset
+"""
 
 
 def _unconverted(response: Any, **options: Any) -> Any:

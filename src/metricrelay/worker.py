@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,74 +19,34 @@ from typing import TYPE_CHECKING, TypeVar
 
 from metricrelay.batching import Body, Coalescer
 from metricrelay.codec import EncodedFragment, decode_entry
-from metricrelay.connection import REDIS_UNAVAILABLE
 from metricrelay.deadletter import DeadLetter, Reason, write_dead_letters
 from metricrelay.dispatch import Delivery, Dispatcher
+from metricrelay.entries import EntryBook, MemoryBudget
 from metricrelay.errors import AuthError
 from metricrelay.keys import ShardKeys, shard_index
 from metricrelay.progress import ack_with_progress
+from metricrelay.retry import REDIS_BACKOFF, redis_full, redis_transient, until_done
 from metricrelay.scheduler import KeyedScheduler
 from metricrelay.stream import Entry, EventStream
+from metricrelay.tally import Tally, body_tally, dead_tally
 
 if TYPE_CHECKING:
     from metricrelay.observability import WorkerMetrics
 
-__all__ = ["Worker", "WorkerConfig"]
+__all__ = ["MemoryBudget", "Worker", "WorkerConfig"]
 
 T = TypeVar("T")
 
-Counts = dict[tuple[str, str], dict[str, int]]  # (group, execution) → progress counter deltas
-
-
-def _tally(counts: Counts, key: tuple[str, str], invalid: int) -> None:
-    fields = counts.setdefault(key, {})
-    fields["items_invalid"] = fields.get("items_invalid", 0) + invalid
-
-
 log = logging.getLogger(__name__)
 
-_REDIS_DOWN = REDIS_UNAVAILABLE
-_BACKOFF_CAP_S = 5.0
 # Bytes of entries one read aims at. One read of 1000 packed entries (200 points each) is 200k
 # points, ~0.5 s of decoding during which no PATCH response, acknowledgement or next request is
 # handled, so the API idles; reading about this much at a time keeps it busy instead
 # (bench/worker.py, packed entries: ~137k → ~185k points/s). Single-point entries (~150 bytes)
 # still read the configured count.
 _READ_TARGET_BYTES = 512 * 1024
-
-
-async def _until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:
-    """Run a Redis write until it succeeds: while Redis is away nothing can progress, and giving
-    up would leave entries held by this worker (and kept alive by its heartbeat) forever."""
-    delay = 0.1
-    while True:
-        try:
-            return await operation()
-        except _REDIS_DOWN as exc:
-            log.warning("redis unavailable while %s (%s); retrying in %.1fs", what, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _BACKOFF_CAP_S)
-
-
-class MemoryBudget:
-    """Bytes of stream entries held until acknowledged, shared by the shards of one process."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        self.room = asyncio.Event()  # set whenever an acknowledgement made room
-
-    @property
-    def spent(self) -> bool:
-        return self.held >= self.limit
-
-    def take(self, size: int) -> None:
-        self.held += size
-
-    def give(self, size: int) -> None:
-        self.held -= size
-        if self.held < self.limit:
-            self.room.set()
+# How long a worker that lets go of its entries tries to set their delivery counts back.
+_LET_GO_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,20 +87,28 @@ class Worker:
         self.coalescer = coalescer
         self.dispatcher = dispatcher
         self.clock = clock
-        self.scheduler = KeyedScheduler(config.concurrency, self._deliver, slots)
-        self._held: dict[str, int] = {}  # entry id → bytes it accounts for, until acknowledged
-        self.budget = budget or MemoryBudget(config.memory_budget_bytes)
+        self.book: EntryBook = coalescer.book  # every entry held, its holds, bytes and counts
+        self.book.budget = budget or MemoryBudget(config.memory_budget_bytes)
+        self.scheduler = KeyedScheduler(config.concurrency, self._deliver, slots, self._failed)
         self._read_count = config.read_count  # entries per read, adapted to their size
         self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self._abandoned = False
+        self._crash: BaseException | None = None  # a delivery failed unexpectedly
         self._handed_over = not config.exclusive  # nothing a previous owner left is pending
         self._misrouted: set[tuple[str, str]] = set()  # executions reported in the wrong shard
         keys = stream.keys
         self._sharded = keys if isinstance(keys, ShardKeys) and keys.count > 1 else None
         self._next_handover = 0.0
+        self._rng = random.Random()
         self.fatal: AuthError | None = None  # why the worker stopped on its own, if it did
+        self.redis_full_since: float | None = None  # Redis refused a write for lack of memory
         self.stats: dict[str, int] = {}
         self.metrics = metrics  # when given, it sees every count (Prometheus, observability.py)
+
+    @property
+    def budget(self) -> MemoryBudget:
+        return self.book.budget
 
     @property
     def held_bytes(self) -> int:
@@ -162,58 +131,131 @@ class Worker:
     def shards_owned(self) -> int:
         return 1
 
+    def count(self, name: Tally, amount: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + amount
+        if self.metrics is not None:
+            self.metrics.count(name, amount)
+
+    # ------------------------------------------------------------------ the life of a run
+
+    async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
+        """Work until ``stop`` is set (or, with ``burst``, until nothing is left), then drain.
+
+        Raises :class:`AuthError` if the credentials were refused. On any other error, and on
+        cancellation, it first stops every delivery and lets go of every entry it holds (they
+        stay pending for the next owner), logs the error with its stack, then raises it.
+        """
+        self._stop = stop
+        self._task = asyncio.current_task()
+        try:
+            await self._redis("creating the consumer group", self.stream.ensure_group)
+            await self._loop(burst)
+            if self.fatal is None and not self._abandoned:
+                await self._drain()
+        except asyncio.CancelledError:
+            await self._cut_off(reset=False)
+            raise
+        except Exception as exc:
+            self.count(Tally.CRASHES)
+            log.error(
+                "worker on %s stopped by an unexpected error; its deliveries are cancelled and "
+                "the %d entries it held stay pending for the next owner",
+                self.stream.keys.events,
+                len(self.book),
+                exc_info=exc,
+            )
+            await self._cut_off(reset=False)  # it may be the entries' fault: their counts stay
+            raise
+        if self.fatal is not None:
+            await self.scheduler.wait_idle(self.config.drain_deadline)
+            await self._cut_off(reset=True)
+            raise self.fatal
+
     async def abandon(self) -> None:
         """Stop at once, without draining: the shard now belongs to another worker (its lease
         was lost). What this worker holds stays pending for the new owner to reclaim."""
         self._abandoned = True
         self._stop.set()
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()  # it may be waiting on Redis: it must not write for this shard again
+        await self._cut_off(reset=True)
+
+    async def _cut_off(self, *, reset: bool) -> None:
+        """Cancel every delivery and let go of every entry held: its bytes go back to the budget
+        and it stays pending in Redis. With ``reset``, its delivery count is set back (best
+        effort, briefly): the let-go was not the entry's fault, so it must not become poison."""
         await self.scheduler.cancel()
+        deliveries = self.book.let_go()
+        if not reset or not deliveries:
+            return
+        try:
+            async with asyncio.timeout(_LET_GO_TIMEOUT_S):
+                await self.stream.let_go(deliveries)
+        except Exception as exc:  # Redis away: the counts stay one higher, nothing worse
+            log.warning(
+                "could not set back the delivery counts of %d entries let go (%s: %s)",
+                len(deliveries),
+                type(exc).__name__,
+                exc,
+            )
 
-    def count(self, name: str, amount: int = 1) -> None:
-        self.stats[name] = self.stats.get(name, 0) + amount
-        if self.metrics is not None:
-            self.metrics.count(name, amount)
+    def _failed(self, error: BaseException) -> None:
+        """A delivery raised: the holds of its body are unaccounted for; the run must restart."""
+        self._crash = error
+        self._stop.set()
 
-    async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
-        """Work until ``stop`` is set (or, with ``burst``, until nothing is left), then drain.
-
-        Raises :class:`AuthError` after draining if the credentials were refused.
-        """
-        self._stop = stop
-        await _until_done(self.stream.ensure_group, "creating the consumer group")
+    async def _loop(self, burst: bool) -> None:
         next_reclaim = next_trim = self.clock()
-        delay = 0.1
-        while not stop.is_set():
+        failures = 0
+        while not self._stop.is_set():
             try:
                 next_reclaim, next_trim = await self._housekeeping(next_reclaim, next_trim)
                 got = await self._read_some()
                 self._submit(self.coalescer.poll(self.clock()))
                 if burst and got == 0 and await self._finished_burst():
                     break
-                delay = 0.1
-            except _REDIS_DOWN as exc:  # keep what is held; read again once Redis is back
+                failures = 0
+            except Exception as exc:  # transient: keep what is held; go on once Redis is back
+                if not redis_transient(exc):
+                    raise
+                self._redis_failed(exc)
+                delay = REDIS_BACKOFF.delay(failures, self._rng)
+                failures += 1
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
-                self.count("redis_errors")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
-                        await stop.wait()
-                delay = min(delay * 2, _BACKOFF_CAP_S)
-        if self._abandoned:
-            await self.scheduler.cancel()
-            return
-        await self._drain()
-        if self.fatal is not None:
-            raise self.fatal
+                        await self._stop.wait()
+        if self._crash is not None:
+            raise self._crash
+
+    async def _redis(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """A Redis write retried until it succeeds (retry.py); tells readiness when it did."""
+        result = await until_done(operation, what, on_error=self._redis_failed)
+        self.redis_full_since = None
+        return result
+
+    def _redis_failed(self, error: BaseException) -> None:
+        self.count(Tally.REDIS_ERRORS)
+        if redis_full(error):
+            if self.redis_full_since is None:
+                log.error(
+                    "redis is full (maxmemory reached): nothing can be acknowledged or "
+                    "dead-lettered until memory is freed; retrying"
+                )
+                self.redis_full_since = self.clock()
+        else:
+            self.redis_full_since = None
 
     async def _housekeeping(self, next_reclaim: float, next_trim: float) -> tuple[float, float]:
         """Heartbeat and reclaim, trim and prune, each when due; the next times they are due."""
         now = self.clock()
         if now >= next_reclaim:
-            await self.stream.touch(list(self._held))
+            await self.stream.touch(self.book.ids())
             await self._reclaim()
             next_reclaim = now + self.config.reclaim_interval
         if now >= next_trim:
-            self.count("trimmed", await self.stream.trim())
+            self.count(Tally.TRIMMED, await self.stream.trim())
             await self.stream.prune_consumers(self.config.reclaim_idle_ms * 10)
             next_trim = now + self.config.trim_interval
         return next_reclaim, next_trim
@@ -262,47 +304,51 @@ class Worker:
     async def _finished_burst(self) -> bool:
         self._submit(self.coalescer.flush())
         await self.scheduler.wait_idle()
-        return not self._held and await self.stream.pending_count() == 0
+        return not self.book and await self.stream.pending_count() == 0
 
-    async def ingest(self, entries: Sequence[Entry]) -> None:
-        """Validate and coalesce entries; dead-letter what is invalid; ack what is done."""
+    # ------------------------------------------------------------------ entries in
+
+    async def ingest(
+        self, entries: Sequence[Entry], deliveries: dict[str, int] | None = None
+    ) -> None:
+        """Validate and coalesce entries; dead-letter what is invalid; ack what is done.
+        ``deliveries``: how many times each (claimed) entry was delivered; 1 for new ones."""
         letters: list[DeadLetter] = []
         held_by_letters: list[str] = []  # one hold of an entry per dead letter written for it
-        counts: Counts = {}
         done: list[str] = []
         now = self.clock()
-        ledger = self.coalescer.ledger
+        book = self.book
         for entry in entries:
-            if entry.id not in self._held:
-                self._held[entry.id] = entry.size
-                self.budget.take(entry.size)
+            if not book.admit(entry.id, entry.size, (deliveries or {}).get(entry.id, 1)):
+                continue  # held already (claimed back while this worker still works on it)
             fragment, invalid = self._decode(entry)
             for letter in invalid:
-                ledger.hold(entry.id)
+                book.hold(entry.id)
                 letters.append(letter)
                 held_by_letters.append(entry.id)
             if fragment is None:
                 continue
+            key = (fragment.resource_group, fragment.execution_id)
             if self._sharded is not None:
-                self._check_route(fragment.resource_group, fragment.execution_id)
+                self._check_route(*key)
             if invalid:
-                _tally(counts, (fragment.resource_group, fragment.execution_id), len(invalid))
+                book.add_counts(entry.id, key, {"items_invalid": len(invalid)})
             done += self.coalescer.add(entry.id, fragment, now)
-            for item in self.coalescer.take_rejected():  # too large for any body: held already
+            for item in self.coalescer.take_rejected():  # invalid on its own: held already
                 letters.append(
                     DeadLetter(item.resource(), Reason.INVALID, item.reason, [item.source])
                 )
                 held_by_letters.append(item.source)
-                _tally(counts, (item.resource_group, item.execution_id), 1)
+                book.add_counts(item.source, key, {"items_invalid": 1})
         if letters:
-            await _until_done(
-                lambda: write_dead_letters(self.stream.redis, self.stream.keys, letters),
+            await self._redis(
                 "writing dead letters",
+                lambda: write_dead_letters(self.stream.redis, self.stream.keys, letters),
             )
-            self.count("dead_letters_invalid", len(letters))
-            done += ledger.release(held_by_letters)
-        self.count("entries_read", len(entries))
-        await self._acknowledge(done, counts)
+            self.count(Tally.DEAD_LETTERS_INVALID, len(letters))
+            done += book.release(held_by_letters)
+        self.count(Tally.ENTRIES_READ, len(entries))
+        await self._acknowledge(done)
         self._submit(self.coalescer.take_ready())
 
     def _check_route(self, resource_group: str, execution_id: str) -> None:
@@ -314,7 +360,7 @@ class Worker:
             return
         if shard_index(resource_group, execution_id, keys.count) == keys.index:
             return
-        self.count("entries_misrouted")
+        self.count(Tally.ENTRIES_MISROUTED)
         if (resource_group, execution_id) not in self._misrouted and len(self._misrouted) < 1000:
             self._misrouted.add((resource_group, execution_id))
             log.warning(
@@ -345,7 +391,7 @@ class Worker:
     async def _take_over(self) -> bool:
         """True once no entry is pending that this worker does not hold: what the shard's
         previous owner (or this process before a restart) left is reclaimed and finished first."""
-        if await self.stream.pending_count() <= len(self._held):
+        if await self.stream.pending_count() <= len(self.book):
             self._handed_over = True
             return True
         now = self.clock()
@@ -358,14 +404,10 @@ class Worker:
         """Take over entries of dead consumers; poison what keeps coming back."""
         idle = self.config.reclaim_idle_ms if min_idle_ms is None else min_idle_ms
         claimed = await self.stream.reclaim(idle, self.config.read_count)
-        fresh = [
-            e for e, n in claimed if n <= self.config.max_deliveries and e.id not in self._held
-        ]
-        poison = [
-            (e, n) for e, n in claimed if n > self.config.max_deliveries and e.id not in self._held
-        ]
+        limit = self.config.max_deliveries
+        fresh = [(e, n) for e, n in claimed if n <= limit and e.id not in self.book]
+        poison = [(e, n) for e, n in claimed if n > limit and e.id not in self.book]
         if poison:
-            limit = self.config.max_deliveries
             letters = [
                 DeadLetter(
                     e.resource or b"",
@@ -376,20 +418,23 @@ class Worker:
                 )
                 for e, n in poison
             ]
-            await _until_done(
-                lambda: write_dead_letters(self.stream.redis, self.stream.keys, letters),
+            await self._redis(
                 "writing dead letters",
+                lambda: write_dead_letters(self.stream.redis, self.stream.keys, letters),
             )
-            await _until_done(lambda: self.stream.ack([e.id for e, _ in poison]), "acknowledging")
-            self.count("dead_letters_poison", len(poison))
+            ids = [e.id for e, _ in poison]
+            await self._redis("acknowledging", lambda: self.stream.ack(ids))
+            self.count(Tally.DEAD_LETTERS_POISON, len(poison))
         if fresh:
             log.info("reclaimed %d entries from dead consumers", len(fresh))
-            self.count("reclaimed", len(fresh))
-            await self.ingest(fresh)
+            self.count(Tally.RECLAIMED, len(fresh))
+            await self.ingest([e for e, _ in fresh], {e.id: n for e, n in fresh})
+
+    # ------------------------------------------------------------------ bodies out
 
     def _submit(self, bodies: Iterable[Body]) -> None:
         for body in bodies:
-            self.count(f"bodies_{body.close_reason}")
+            self.count(body_tally(body.close_reason))
             self.scheduler.submit(body)
 
     async def _deliver(self, body: Body) -> None:
@@ -399,6 +444,9 @@ class Worker:
         except AuthError as exc:  # its entries stay pending, for when the credentials are fixed
             log.error("stopping: the token service refused the credentials: %s", exc)
             self.fatal = exc
+            # Nothing more may be sent: a later body of this execution would land before this
+            # one, which is redelivered once the credentials work.
+            self.scheduler.halt()
             self._stop.set()
             return
         letters = [
@@ -408,34 +456,34 @@ class Worker:
             for f in delivery.failures
         ]
         if letters:
-            await _until_done(
-                lambda: write_dead_letters(self.stream.redis, self.stream.keys, letters),
+            await self._redis(
                 "writing dead letters",
+                lambda: write_dead_letters(self.stream.redis, self.stream.keys, letters),
             )
             for failure in delivery.failures:
-                self.count(f"dead_letters_{failure.reason}")
+                self.count(dead_tally(failure.reason))
         dead: dict[str, int] = {}
         for failure in delivery.failures:
             key = f"points_dead_{failure.reason}"
             dead[key] = dead.get(key, 0) + len(failure.body.metrics)
         accepted = len(body.metrics) - sum(dead.values())
-        counts = {body.key: {"points_accepted": accepted, **dead}}
-        await self._acknowledge(self.coalescer.complete(body), counts)
+        self.book.add_counts(
+            next(iter(body.sources)), body.key, {"points_accepted": accepted, **dead}
+        )
+        await self._acknowledge(self.coalescer.complete(body))
         self._log_outcome(body, delivery, time.perf_counter() - started)
 
     def _log_outcome(self, body: Body, delivery: Delivery, seconds: float) -> None:
         failed = sum(len(f.body.metrics) for f in delivery.failures)
-        self.count("requests", delivery.requests)
-        self.count("retries", delivery.retries)
-        self.count("splits", delivery.splits)
-        self.count("splits_413", delivery.too_large_splits)
-        self.count("splits_400", delivery.splits - delivery.too_large_splits)
-        self.count("points_sent", len(body.metrics) - failed)
-        for status, n in delivery.statuses.items():
-            self.count(f"status_{status}", n)
+        self.count(Tally.REQUESTS, delivery.requests)
+        self.count(Tally.RETRIES, delivery.retries)
+        self.count(Tally.SPLITS, delivery.splits)
+        self.count(Tally.SPLITS_413, delivery.too_large_splits)
+        self.count(Tally.SPLITS_400, delivery.splits - delivery.too_large_splits)
+        self.count(Tally.POINTS_SENT, len(body.metrics) - failed)
         if delivery.failures:
             isolated = sum(f.body.item_count for f in delivery.failures if f.status == 400)
-            self.count("isolated_400", isolated)
+            self.count(Tally.ISOLATED_400, isolated)
         log.info(
             "batch %s/%s: %d points, %d bytes, statuses %s, %d requests, %d dead, %.0f ms",
             body.resource_group,
@@ -457,24 +505,24 @@ class Worker:
             },
         )
 
-    async def _acknowledge(self, ids: Sequence[str], counts: Counts | None = None) -> None:
-        """XACK the ids; with ``counts``, raise the per-execution progress counters in the same
-        transaction (progress.py), so a producer's barrier never sees one without the other."""
-        if counts:
-            await _until_done(
-                lambda: ack_with_progress(self.stream.redis, self.stream.keys, ids, counts),
-                "acknowledging",
-            )
+    async def _acknowledge(self, ids: Sequence[str]) -> None:
+        """XACK the done ids, raising the progress counts that ride with them in the same
+        script (progress.py), so a producer's barrier never sees one without the other."""
         if not ids:
             return
-        if not counts:
-            await _until_done(lambda: self.stream.ack(ids), "acknowledging")
-        for entry_id in ids:
-            self.budget.give(self._held.pop(entry_id, 0))
-        self.count("entries_acked", len(ids))
+        counts = self.book.counts_of(ids)
+        if counts:
+            await self._redis(
+                "acknowledging",
+                lambda: ack_with_progress(self.stream.redis, self.stream.keys, ids, counts),
+            )
+        else:
+            await self._redis("acknowledging", lambda: self.stream.ack(ids))
+        self.book.acked(ids)
+        self.count(Tally.ENTRIES_ACKED, len(ids))
 
     async def _drain(self) -> None:
-        """Flush open bodies; wait for deliveries up to the deadline; leave the rest pending."""
+        """Flush open bodies; wait for deliveries up to the deadline; let go of the rest."""
         self._submit(self.coalescer.flush())
         if not await self.scheduler.wait_idle(self.config.drain_deadline):
             log.warning(
@@ -483,4 +531,4 @@ class Worker:
                 self.config.drain_deadline,
                 self.scheduler.in_flight + self.scheduler.queued,
             )
-            await self.scheduler.cancel()
+        await self._cut_off(reset=True)

@@ -13,7 +13,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from metricrelay.endpoints import Endpoints
-from metricrelay.service import open_endpoints, open_worker, probe_config
+from metricrelay.service import open_endpoints, open_shard_worker, probe_config
 from metricrelay.settings import Settings
 from metricrelay.worker import Worker
 
@@ -40,8 +40,9 @@ def worker_settings(redis_url: str, **overrides: Any) -> Settings:
 async def open_observed_worker(
     settings: Settings, stack: AsyncExitStack, **probe: Any
 ) -> tuple[Worker, Endpoints]:
-    """A worker and its listener, as ``run_worker`` builds them; ``probe`` overrides timings."""
-    worker = await open_worker(settings, stack)
+    """A shard worker and its listener (``run_worker`` runs a fleet of them); ``probe`` overrides
+    timings."""
+    worker = await open_shard_worker(settings, stack)
     endpoints = await open_endpoints(worker, stack, replace(probe_config(settings), **probe))
     return worker, endpoints
 

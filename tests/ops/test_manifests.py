@@ -31,7 +31,7 @@ import yaml
 
 from metricrelay.connection import is_cluster, startup_nodes
 from metricrelay.embedded import RedisServer, find_redis_server
-from metricrelay.keys import CONSUMER_GROUP, Keys
+from metricrelay.keys import CONSUMER_GROUP
 from metricrelay.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,15 +202,17 @@ def test_schema_validation_catches_mistakes() -> None:
     deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 40
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
-    scaled = json.loads(json.dumps(base["ScaledObject"]))
+    sharded = json.loads(json.dumps(_by_kind(render("overlays/sharded-cluster"))["ScaledObject"]))
+    scaled = json.loads(json.dumps(sharded))
     scaled["spec"]["minReplicas"] = 2
-    scaled["spec"]["triggers"][0]["metadata"]["lagcount"] = "10"
+    scaled["spec"]["triggers"] = [
+        {"type": "redis-streams", "metadata": {"stream": "s", "lagcount": "10"}}
+    ]
     del scaled["spec"]["scaleTargetRef"]
     errors = " | ".join(_keda_errors(scaled))
     assert "minReplicas" in errors
     assert "scaleTargetRef" in errors
     assert "unknown redis-streams field lagcount" in errors
-    sharded = json.loads(json.dumps(_by_kind(render("overlays/sharded-cluster"))["ScaledObject"]))
     sharded["spec"]["triggers"][3]["name"] = "shard3"
     sharded["spec"]["triggers"][4]["metadata"]["addresses"] = sharded["spec"]["triggers"][4][
         "metadata"
@@ -286,21 +288,16 @@ def test_the_config_map_is_a_valid_configuration(tmp_path: Path) -> None:
     assert settings.drain_deadline == 25
 
 
-def test_keda_scales_the_worker_on_the_group_lag() -> None:
+def test_the_base_runs_one_active_and_one_standby_replica_without_keda() -> None:
+    """One stream has one owner at a time (its lease): more replicas than streams only stand
+    by, so the base runs two (one takes over when the other stops) and scales nothing."""
     base = _by_kind(render("base"))
-    scaled, deployment, config = base["ScaledObject"], base["Deployment"], base["ConfigMap"]
-    spec = scaled["spec"]
-    assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-    assert spec["minReplicaCount"] >= 2
-    [trigger] = spec["triggers"]
-    meta = trigger["metadata"]
-    assert trigger["type"] == "redis-streams"
-    assert meta["stream"] == Keys(config["data"]["METRICRELAY_PREFIX"]).events
-    assert meta["consumerGroup"] == CONSUMER_GROUP
-    assert int(meta["lagCount"]) > 0
-    # the address KEDA reads from the Deployment's environment is the worker's Redis
-    address = config["data"][meta["addressFromEnv"]]
-    assert config["data"]["METRICRELAY_REDIS_URL"] == f"redis://{address}/0"
+    assert "ScaledObject" not in base
+    assert base["Deployment"]["spec"]["replicas"] == 2
+    assert base["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
+    settings = Settings.from_sources(env=base["ConfigMap"]["data"])
+    assert settings.shards == 1 and settings.lease_ttl > 0
+    assert not any(name.startswith("KEDA_") for name in base["ConfigMap"]["data"])
 
 
 def test_the_sharded_overlay_scales_on_the_lag_of_every_shard() -> None:
@@ -325,8 +322,9 @@ def test_the_sharded_overlay_scales_on_the_lag_of_every_shard() -> None:
         assert meta["consumerGroup"] == CONSUMER_GROUP
         _, nodes = startup_nodes(settings.redis_url)
         assert config[meta["addressesFromEnv"]] == ",".join(f"{h}:{p}" for h, p in nodes)
-    assert "KEDA_REDIS_ADDRESS" not in config  # the single-node trigger's address is gone
     assert docs["Deployment"] == _by_kind(render("base"))["Deployment"]  # only config differs
+    assert scaled["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
+    assert scaled["minReplicaCount"] >= 2  # one stands by
 
 
 def test_selectors_match_the_pods() -> None:

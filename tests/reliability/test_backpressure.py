@@ -11,7 +11,7 @@ from typing import Any
 from metricrelay.demo_stack import DEMO_TOKEN
 from metricrelay.embedded import free_port
 from metricrelay.keys import Keys
-from metricrelay.service import open_worker
+from metricrelay.service import open_shard_worker
 from metricrelay.settings import Settings
 
 KEYS = Keys()
@@ -50,7 +50,7 @@ async def test_slow_api_backlog_stays_in_redis_and_drains(stack: Any) -> None:
     peak, lag_seen = 0, 0
     stop = asyncio.Event()
     async with AsyncExitStack() as resources:
-        worker = await open_worker(settings, resources)
+        worker = await open_shard_worker(settings, resources)
         task = asyncio.create_task(worker.run(stop))
         for execution in executions:  # fast producers: 16k single-point entries
             written |= stack.xadd_points(execution, range(2000), per_entry=1)

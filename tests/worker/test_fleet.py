@@ -264,3 +264,73 @@ async def test_an_entry_in_the_wrong_shard_is_delivered_and_counted(
         registry = fleet.metrics.registry
         assert registry.get_sample_value("metricrelay_events_misrouted_total") == 1
     assert any("does not follow the routing rule" in r.getMessage() for r in caplog.records)
+
+
+ONE = Keys()  # the default layout: one stream
+
+
+async def test_one_stream_has_one_owner_and_the_others_stand_by(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+) -> None:
+    """Issue 14: three replicas on the default configuration deliver an execution's bodies in
+    stream order, because only the lease holder reads the one stream."""
+    scripted_api.delay = 0.002
+    executions = [f"exec-{i:04d}" for i in range(6)]
+    pipe = redis_client.pipeline(transaction=False)
+    for step in range(200):
+        for execution in executions:
+            pipe.xadd(ONE.events, {"resource": fragment(execution, step)})
+    await pipe.execute()
+    async with AsyncExitStack() as stack:
+        fleets, tasks, stop = [], [], asyncio.Event()
+        for n in range(3):
+            settings = settings_for(
+                redis_server, scripted_api.url, lease_ttl=1.0, consumer_name=f"replica-{n}"
+            )
+            fleet = await open_worker(settings, stack)
+            fleets.append(fleet)
+            tasks.append(asyncio.create_task(fleet.run(stop)))
+
+        async def delivered() -> bool:
+            return sum(len(d["metrics"]) for d in scripted_api.accepted) >= 1200
+
+        await until(delivered, 60)
+        assert sorted(f.shards_owned for f in fleets) == [0, 0, 1]
+        owner = await redis_client.get(ONE.shard(0).lease)
+        assert owner is not None and owner.decode().startswith("replica-")
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    for execution, steps in steps_by_execution(scripted_api).items():
+        assert steps == sorted(steps), f"{execution} out of order"
+        assert len(steps) == 200
+
+
+async def test_a_shard_worker_that_crashes_is_started_again(
+    redis_server: RedisServer,
+    redis_client: redis_asyncio.Redis,
+    scripted_api: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from metricrelay.stream import EventStream  # noqa: PLC0415
+
+    real_trim = EventStream.trim
+    crashes = []
+
+    async def trim_once_broken(self: EventStream) -> int:
+        if not crashes:
+            crashes.append(1)
+            raise RuntimeError("a bug in trimming")
+        return await real_trim(self)
+
+    monkeypatch.setattr(EventStream, "trim", trim_once_broken)
+    pipe = redis_client.pipeline(transaction=False)
+    for step in range(50):
+        pipe.xadd(ONE.events, {"resource": fragment("exec-0001", step)})
+    await pipe.execute()
+    settings = settings_for(redis_server, scripted_api.url, lease_ttl=1.0)
+    async with AsyncExitStack() as stack:
+        fleet = await open_worker(settings, stack)
+        await asyncio.wait_for(fleet.run(asyncio.Event(), burst=True), 90)
+    assert crashes and fleet.stats["crashes"] == 1
+    assert sorted(steps_by_execution(scripted_api)["exec-0001"]) == list(range(50))
+    assert fleet.held_bytes == 0

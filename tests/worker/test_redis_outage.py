@@ -12,7 +12,7 @@ import redis.asyncio as redis_asyncio
 
 from metricrelay.embedded import RedisServer
 from metricrelay.keys import Keys
-from metricrelay.service import open_worker
+from metricrelay.service import open_shard_worker
 from metricrelay.settings import Settings
 
 KEYS = Keys()
@@ -55,7 +55,7 @@ async def test_worker_survives_a_redis_restart_and_loses_nothing(scripted_api: A
         steps = lambda: {m["step"] for d in scripted_api.accepted for m in d["metrics"]}  # noqa: E731
         stop = asyncio.Event()
         async with AsyncExitStack() as stack:
-            worker = await open_worker(settings, stack)
+            worker = await open_shard_worker(settings, stack)
             task = asyncio.create_task(worker.run(stop))
             await until(lambda: len(steps()) == 300)
             server.restart()  # an outage: every connection of the worker breaks

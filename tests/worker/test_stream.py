@@ -96,5 +96,5 @@ async def test_touch_keeps_entries_in_work_from_being_reclaimed(
     await me.touch(ids[:2], chunk=1)
     claimed = await other.reclaim(min_idle_ms=50_000, count=10)
     assert [e.id for e, _ in claimed] == [ids[2]]  # only the one not touched
-    counts = await me.delivery_counts("-", "+", 10)
-    assert counts == {ids[0]: 1, ids[1]: 1}  # touching does not count as a delivery
+    counts = await me.delivery_counts(ids)
+    assert counts == {ids[0]: 1, ids[1]: 1, ids[2]: 2}  # touching is no delivery; a claim is

@@ -19,7 +19,7 @@ from metricrelay.api.server import RunningServer, start_server
 from metricrelay.deadletter import Reason, read_dead_letters
 from metricrelay.embedded import RedisServer
 from metricrelay.keys import Keys
-from metricrelay.service import open_worker
+from metricrelay.service import open_shard_worker
 from metricrelay.settings import Settings
 from metricrelay.worker import Worker
 
@@ -53,7 +53,7 @@ async def run_worker_burst(
         env={},
     )
     async with AsyncExitStack() as stack:
-        worker = await open_worker(settings, stack)
+        worker = await open_shard_worker(settings, stack)
         await asyncio.wait_for(worker.run(asyncio.Event(), burst=True), 240)
         return worker
 

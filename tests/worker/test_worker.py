@@ -13,10 +13,11 @@ import redis.asyncio as redis_asyncio
 
 from metricrelay.deadletter import Reason, read_dead_letters
 from metricrelay.embedded import RedisServer
+from metricrelay.entries import MemoryBudget
 from metricrelay.keys import Keys
-from metricrelay.service import open_worker
+from metricrelay.service import open_shard_worker
 from metricrelay.settings import Settings
-from metricrelay.worker import MemoryBudget, Worker
+from metricrelay.worker import Worker
 
 KEYS = Keys()
 LIMITS = {"metrics": 1000, "tags": 100, "customInfo": 100}
@@ -41,7 +42,7 @@ def settings_for(redis_server: RedisServer, api_url: str, **overrides: Any) -> S
 
 async def run_burst(settings: Settings, timeout: float = 60.0, **config: Any) -> Worker:
     async with AsyncExitStack() as stack:
-        worker = await open_worker(settings, stack)
+        worker = await open_shard_worker(settings, stack)
         worker.config = dataclasses.replace(worker.config, **config)
         await asyncio.wait_for(worker.run(asyncio.Event(), burst=True), timeout)
         return worker
@@ -197,12 +198,12 @@ async def test_memory_is_bounded_the_stream_is_the_buffer(
     budget, read_count = 20_000, 50
     peak = 0
     async with AsyncExitStack() as stack:
-        worker = await open_worker(settings_for(redis_server, scripted_api.url), stack)
+        worker = await open_shard_worker(settings_for(redis_server, scripted_api.url), stack)
         assert isinstance(worker, Worker)
         worker.config = dataclasses.replace(
             worker.config, memory_budget_bytes=budget, read_count=read_count
         )
-        worker.budget = MemoryBudget(budget)
+        worker.book.budget = MemoryBudget(budget)
         ingest = worker.ingest
 
         async def watched(entries: Any) -> None:

@@ -1,0 +1,247 @@
+"""Issue 14's seven failure modes, each against a real redis-server: every one failed before."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as redis_asyncio
+
+from metricrelay.deadletter import Reason, read_dead_letters
+from metricrelay.embedded import RedisServer
+from metricrelay.errors import AuthError
+from metricrelay.keys import Keys
+from metricrelay.progress import ack_with_progress
+from metricrelay.service import open_shard_worker
+from metricrelay.stream import EventStream
+
+from .conftest import ScriptedApi
+from .test_worker import settings_for
+
+pytestmark = pytest.mark.integration
+
+KEYS = Keys()
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def point(execution: str, step: int, **extra: Any) -> bytes:
+    metric = {"name": "loss", "value": 0.5, "step": step}
+    return orjson.dumps({"executionId": execution, "metrics": [metric], **extra})
+
+
+async def xadd(client: redis_asyncio.Redis, resources: list[bytes]) -> list[str]:
+    return [(await client.xadd(KEYS.events, {"resource": r})).decode() for r in resources]
+
+
+# 1 ------------------------------------------------------------------------------------------
+
+
+async def test_1_a_lost_lease_gives_every_held_byte_back_to_the_budget(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: ScriptedApi
+) -> None:
+    scripted_api.delay = 30.0  # deliveries hang in flight
+    await xadd(redis_client, [point(f"exec-{i:04d}", 1) for i in range(8)])
+    async with AsyncExitStack() as stack:
+        worker = await open_shard_worker(settings_for(redis_server, scripted_api.url), stack)
+        run = asyncio.create_task(worker.run(asyncio.Event()))
+
+        async def busy() -> bool:
+            return worker.in_flight == 8
+
+        await until(busy)
+        assert worker.held_bytes > 0
+        await worker.abandon()  # the fleet lost the lease
+        assert worker.held_bytes == 0 and worker.budget.room.is_set()
+        assert len(worker.book) == 0
+        with pytest.raises(asyncio.CancelledError):
+            await run
+    pending = await redis_client.xpending(KEYS.events, KEYS.group)
+    assert pending["pending"] == 8  # left for the next owner
+
+
+# 2 ------------------------------------------------------------------------------------------
+
+
+async def test_2_trim_survives_the_last_pending_entry_being_acked_in_between(
+    redis_client: redis_asyncio.Redis,
+) -> None:
+    stream = EventStream(redis_client, KEYS, "me")
+    await stream.ensure_group()
+    ids = await xadd(redis_client, [point("exec-0001", s) for s in range(3)])
+    await stream.read(10, None)
+    stale = await redis_client.xinfo_groups(KEYS.events)  # still says 3 pending
+    await stream.ack(ids)
+    real = redis_client.xinfo_groups
+
+    async def stale_groups(name: str) -> Any:
+        redis_client.xinfo_groups = real  # type: ignore[method-assign]
+        return stale
+
+    redis_client.xinfo_groups = stale_groups  # type: ignore[method-assign]
+    assert await stream.trim() == 2  # all but the last delivered one (the MINID kept)
+
+
+async def test_2_an_unexpected_error_stops_deliveries_and_lets_go_before_it_escapes(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: ScriptedApi
+) -> None:
+    scripted_api.delay = 30.0
+    await xadd(redis_client, [point(f"exec-{i:04d}", 1) for i in range(4)])
+    settings = settings_for(redis_server, scripted_api.url, trim_interval=0.05)
+    async with AsyncExitStack() as stack:
+        worker = await open_shard_worker(settings, stack)
+        run = asyncio.create_task(worker.run(asyncio.Event()))
+
+        async def busy() -> bool:
+            return worker.in_flight == 4
+
+        await until(busy)
+
+        async def broken(*args: Any, **kwargs: Any) -> int:
+            raise RuntimeError("a bug in housekeeping")
+
+        worker.stream.trim = broken  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="a bug in housekeeping"):
+            await asyncio.wait_for(run, 30)
+        assert worker.in_flight == 0 and worker.held_bytes == 0 and len(worker.book) == 0
+        assert worker.stats["crashes"] == 1
+        assert scripted_api.accepted == []  # no orphan delivery goes on
+
+
+# 3 ------------------------------------------------------------------------------------------
+
+
+class RefusedOnce:
+    """The token service refuses the first request, then issues tokens (credentials fixed)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def headers(self) -> dict[str, str]:
+        self.asked += 1
+        if self.asked == 1:
+            raise AuthError("401 from the token service: invalid client")
+        return {"Authorization": "Bearer fixed-token"}
+
+    async def invalidate(self, rejected: dict[str, str]) -> None:
+        return None
+
+
+async def test_3_a_refused_token_sends_nothing_after_the_body_it_held_back(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: ScriptedApi
+) -> None:
+    # each entry its own body (three long labels and a small byte budget), one execution
+    labels = [{"name": f"l{n}", "value": "v" * 250} for n in range(3)]
+    entries = [
+        orjson.dumps(
+            {"executionId": "exec-0001", "metrics": [{"name": "x", "value": 1, "labels": labels}]}
+        )
+        for _ in range(6)
+    ]
+    await xadd(redis_client, entries)
+    settings = settings_for(redis_server, scripted_api.url, max_body_bytes=1024)
+    async with AsyncExitStack() as stack:
+        worker = await open_shard_worker(settings, stack)
+        worker.dispatcher.tokens = RefusedOnce()
+        with pytest.raises(AuthError):
+            await asyncio.wait_for(worker.run(asyncio.Event(), burst=True), 30)
+        assert worker.held_bytes == 0
+    assert scripted_api.requests == []  # step 0 waits for the credentials: so does step 1…
+    pending = await redis_client.xpending(KEYS.events, KEYS.group)
+    assert pending["pending"] == 6
+
+
+# 5 ------------------------------------------------------------------------------------------
+
+
+async def test_5_a_worker_started_while_redis_is_full_waits_reports_and_goes_on(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: ScriptedApi
+) -> None:
+    stream = EventStream(redis_client, KEYS, "earlier-worker")
+    await stream.ensure_group()  # a previous worker made the group
+    bad = orjson.dumps({"executionId": "exec-0001", "metrics": [{"name": "x", "value": "NaN"}]})
+    await xadd(redis_client, [point("exec-0001", s) for s in range(5)] + [bad])
+    await redis_client.config_set("maxmemory-policy", "noeviction")
+    await redis_client.config_set("maxmemory", 1)  # full: every deny-oom write is refused
+    try:
+        async with AsyncExitStack() as stack:
+            worker = await open_shard_worker(settings_for(redis_server, scripted_api.url), stack)
+            run = asyncio.create_task(worker.run(asyncio.Event(), burst=True))
+
+            async def reported() -> bool:
+                return worker.redis_full_since is not None
+
+            await until(reported)  # the dead letter (XADD) is refused: it waits and says so
+            assert not run.done()
+            await redis_client.config_set("maxmemory", 0)  # an operator frees memory
+            await asyncio.wait_for(run, 60)
+    finally:
+        await redis_client.config_set("maxmemory", 0)
+    assert worker.redis_full_since is None
+    assert sum(len(d["metrics"]) for d in scripted_api.accepted) == 5
+    [(_, letter)] = await read_dead_letters(redis_client, KEYS)
+    assert letter.reason is Reason.INVALID
+    assert (await redis_client.xpending(KEYS.events, KEYS.group))["pending"] == 0
+
+
+# 6 ------------------------------------------------------------------------------------------
+
+
+async def test_6_delivery_counts_are_exact_per_id(redis_client: redis_asyncio.Redis) -> None:
+    me = EventStream(redis_client, KEYS, "me")
+    await me.ensure_group()
+    ids = await xadd(redis_client, [point("exec-0001", s) for s in range(10)])
+    await me.read(10, None)
+    # the first and the last belong to a dead consumer, the first delivered 11 times already
+    dead = {ids[0]: 11, ids[9]: 2}
+    for entry_id, count in dead.items():
+        await redis_client.xclaim(
+            KEYS.events, KEYS.group, "dead", 0, [entry_id], idle=600_000, retrycount=count
+        )
+    claimed = await me.reclaim(min_idle_ms=300_000, count=10)
+    assert {e.id: n for e, n in claimed} == {ids[0]: 12, ids[9]: 3}
+
+
+async def test_6_letting_go_does_not_count_as_a_delivery(
+    redis_client: redis_asyncio.Redis,
+) -> None:
+    ids = await xadd(redis_client, [point("exec-0001", s) for s in range(3)])
+    owners = [EventStream(redis_client, KEYS, f"owner-{n}") for n in range(8)]
+    await owners[0].ensure_group()
+    await owners[0].read(10, None)
+    counts = dict.fromkeys(ids, 1)
+    for previous, owner in itertools.pairwise(owners):  # seven hand-overs
+        assert await previous.let_go(counts) == 3
+        claimed = await owner.reclaim(min_idle_ms=0, count=10)
+        counts = {e.id: n for e, n in claimed}
+        assert counts == dict.fromkeys(ids, 1)  # never poison (max_deliveries 5)
+    # a let-go never touches entries another consumer has claimed meanwhile
+    assert await owners[0].let_go(dict.fromkeys(ids, 1)) == 0
+
+
+# 7 ------------------------------------------------------------------------------------------
+
+
+async def test_7_progress_is_counted_once_when_the_script_runs_twice(
+    redis_client: redis_asyncio.Redis,
+) -> None:
+    stream = EventStream(redis_client, KEYS, "me")
+    await stream.ensure_group()
+    ids = await xadd(redis_client, [point("exec-0001", s) for s in range(2)])
+    await stream.read(10, None)
+    counts = {("default", "exec-0001"): {"points_accepted": 2}}
+    assert await ack_with_progress(redis_client, KEYS, ids, counts) == 2
+    assert await ack_with_progress(redis_client, KEYS, ids, counts) == 0  # its reply was lost
+    progress = await redis_client.hgetall(KEYS.progress("default", "exec-0001"))
+    assert progress == {b"points_accepted": b"2"}
