@@ -232,3 +232,24 @@ def test_streams_of_another_layout_are_found_and_alert(
         ["dead"],
         [],
     )
+
+
+def test_status_names_the_owner_of_the_one_stream_and_says_when_redis_is_full(
+    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
+) -> None:
+    _known_state(sync_redis, ops)
+    sync_redis.set(Keys().shard(0).lease, "worker-a-17")
+    code, doc = _status(cli)
+    assert code == 0 and doc["shards"][0]["owner"] == "worker-a-17"
+    assert doc["memory"]["full"] is False
+    sync_redis.config_set("maxmemory-policy", "noeviction")
+    sync_redis.config_set("maxmemory", 1)
+    try:
+        code, doc = _status(cli)
+        assert code == 2 and doc["memory"]["full"] is True
+        assert "redis_full" in doc["thresholds"]["exceeded"]
+        code, text, _ = cli("status")
+        assert "owner    worker-a-17" in text
+        assert "REDIS IS FULL" in text and "redis is full (maxmemory reached)" in text
+    finally:
+        sync_redis.config_set("maxmemory", 0)

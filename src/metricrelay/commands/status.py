@@ -23,7 +23,7 @@ from metricrelay.ops.layout import (
     shards_in_play,
     streams_in_play,
 )
-from metricrelay.ops.status import to_json
+from metricrelay.ops.status import redis_memory, to_json
 from metricrelay.ops.status_total import gather_all
 from metricrelay.ops.table import format_table
 from metricrelay.settings import redact_url
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             scan_limit=args.scan_limit,
             lag_scan_min=lag_scan_min,
         )
-        return to_json(
+        payload = to_json(
             overview.total,
             redis=redact_url(settings.redis_url),
             max_lag=args.max_lag,
@@ -94,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
             shards=overview.shards,
             stray=await find_stray(client, settings.prefix, streams_in_play(settings)),
         )
+        payload["memory"] = await redis_memory(client)
+        if payload["memory"]["full"]:
+            payload["thresholds"]["exceeded"].append("redis_full")
+        return payload
 
     code, payload = run_with_redis(settings, args.timeout, main)
     if payload is None:
@@ -128,6 +132,15 @@ def _header(payload: dict[str, Any]) -> list[str]:
         f"stream   {stream['key']}: {stream['length']} entries{span}",
         f"group    {group['name']}: lag {_lag_text(group)}, pending {group['pending']}",
     ]
+    if len(payload["shards"]) == 1:
+        owner = payload["shards"][0]["owner"]
+        lines.append(f"owner    {owner or 'none: no worker holds the lease of this stream'}")
+    memory = payload.get("memory")
+    if memory and memory["full"]:
+        lines.append(
+            f"REDIS IS FULL: {memory['used']} bytes used of maxmemory {memory['maxmemory']} "
+            f"({memory['policy']}): producers' XADDs and the workers' dead letters are refused"
+        )
     if group["oldest_pending_id"] is not None:
         lines.append(
             f"oldest pending {group['oldest_pending_id']}: produced "
@@ -206,6 +219,8 @@ def _verdict(payload: dict[str, Any]) -> str:
     if "stray" in limits["exceeded"]:
         waiting = sum(one["length"] for one in payload["stray"] if one["kind"] == "events")
         parts.append(f"{waiting} entries wait in event streams no worker reads")
+    if "redis_full" in limits["exceeded"]:
+        parts.append("redis is full (maxmemory reached)")
     if not parts:
         return "no thresholds given (--max-lag, --max-pending)"
     word = "ALERT" if limits["exceeded"] else "OK"

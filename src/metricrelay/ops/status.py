@@ -79,7 +79,7 @@ class Status:
     dead_by_reason: Counter[str] = field(default_factory=Counter)
     dead_by_execution: Counter[ExecutionKey] = field(default_factory=Counter)
     shard: ShardKeys | None = None  # the one shard read; None for a sum over shards
-    owner: str | None = None  # the worker holding the shard's lease (sharded layouts only)
+    owner: str | None = None  # the worker holding the stream's lease (None: nobody works it)
 
     @property
     def oldest_pending_age_ms(self) -> int | None:
@@ -128,9 +128,8 @@ async def gather(
     status = Status(now_ms, keys.events, keys.dead, keys.group)
     status.shard = keys if isinstance(keys, ShardKeys) else keys.shard(0)
     await _stream(redis, keys, status)
-    if status.shard.count > 1:
-        owner = await redis.get(status.shard.lease)
-        status.owner = None if owner is None else _text(owner)
+    owner = await redis.get(status.shard.lease)  # every stream has one owner at a time
+    status.owner = None if owner is None else _text(owner)
     await _group(redis, keys, status)
     await _pending_backlog(redis, keys, status, default_resource_group, scan_limit)
     budget = scan_limit if status.lag_source == "redis" else max(scan_limit, lag_scan_min)
@@ -341,6 +340,22 @@ def _shard_json(status: Status) -> dict[str, Any]:
             {"name": c.name, "pending": c.pending, "idle_ms": c.idle_ms} for c in status.consumers
         ],
     }
+
+
+async def redis_memory(redis: Any) -> dict[str, Any]:
+    """Used memory against ``maxmemory``; ``full`` when writes would be refused (OOM): a
+    limit is set, the policy evicts nothing, and it is reached. On a cluster, the fullest
+    master's figures."""
+    info = await redis.info("memory")
+    rows = list(info.values()) if info and isinstance(next(iter(info.values())), dict) else [info]
+    worst: dict[str, Any] = {"used": 0, "maxmemory": 0, "policy": "", "full": False}
+    for row in rows:
+        used, limit = int(row.get("used_memory", 0)), int(row.get("maxmemory", 0))
+        policy = _text(row.get("maxmemory_policy", ""))
+        full = bool(limit) and policy == "noeviction" and used >= limit
+        if full or (not worst["full"] and used > worst["used"]):
+            worst = {"used": used, "maxmemory": limit, "policy": policy, "full": full}
+    return worst
 
 
 def to_json(
