@@ -51,7 +51,7 @@ from metricrelay.keys import Keys
 RESULTS = Path(__file__).parent / "results" / "worker.json"
 TOKEN = "bench-token"
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
-STARTED = re.compile(r"worker \S+ reading ")
+STARTED = re.compile(r"worker \S+ sharing ")
 KEYS = Keys()
 CEILING_GROUP = "bench-ceiling"
 EXECUTIONS = 16  # executions the load is spread over (bodies of one execution go one at a time)
@@ -462,9 +462,6 @@ def measure(sizes: Sizes) -> dict[str, Any]:
             "p50_ms": spread([1000 * percentile(r, 0.5) for r in lat]),
             "p99_ms": spread([1000 * percentile(r, 0.99) for r in lat]),
         }
-        print("scale: 2 worker processes ...", flush=True)
-        two = throughput(server, sizes, sizes.single_points, 1, workers=2)
-        out["two_workers"] = {k: column(two, k) for k in two[0]}
         print("under faults ...", flush=True)
         faulty = throughput(server, sizes, sizes.fault_points, 1, *FAULTS)
         out["faults"] = {k: column(faulty, k) for k in faulty[0]}
@@ -473,7 +470,6 @@ def measure(sizes: Sizes) -> dict[str, Any]:
         "single_over_baseline": single_rate / out["baseline_points_per_s"]["median"],
         "packed_over_baseline": out["packed"]["points_per_s"]["median"]
         / out["baseline_points_per_s"]["median"],
-        "two_over_one_worker": out["two_workers"]["points_per_s"]["median"] / single_rate,
         "faults_over_no_faults": out["faults"]["points_per_s"]["median"] / single_rate,
     }
     return out
@@ -500,7 +496,6 @@ def print_table(out: dict[str, Any]) -> None:
     lat = out["latency"]
     row(f"latency p50 ms at {lat['rate_points_per_s']:,.0f}/s", lat["p50_ms"])
     row(f"latency p99 ms ({lat['probes']} probes)", lat["p99_ms"])
-    row("2 workers: points_per_s", out["two_workers"]["points_per_s"])
     row("faults (5% 503, 2% 429): points_per_s", out["faults"]["points_per_s"])
     row("faults: cpu_us_per_point", out["faults"]["cpu_us_per_point"])
     print("ratios: " + ", ".join(f"{k} x{v:.2f}" for k, v in out["ratios"].items()))
