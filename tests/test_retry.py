@@ -318,3 +318,82 @@ async def test_cancellation_while_backing_off_propagates() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+# ------------------------------------------------------------------ Redis writes (until_done)
+
+
+def _redis_errors() -> list[Exception]:
+    from redis import exceptions as e  # noqa: PLC0415
+
+    return [
+        e.ConnectionError("reset"),
+        e.TimeoutError("timed out"),
+        e.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+        e.BusyLoadingError("Redis is loading the dataset in memory"),
+        e.ReadOnlyError("You can't write against a read only replica."),
+        e.TryAgainError("Multiple keys request during rehashing of slot"),
+        e.ResponseError("CLUSTERDOWN The cluster is down"),
+        e.ResponseError("MASTERDOWN Link with MASTER is down"),
+        e.ResponseError("BUSY Redis is busy running a script."),
+    ]
+
+
+async def test_until_done_retries_every_transient_redis_error_with_backoff() -> None:
+    from metricrelay.retry import redis_full, until_done  # noqa: PLC0415
+
+    errors = _redis_errors()
+    calls, slept, seen = [], [], []
+
+    async def operation() -> str:
+        calls.append(1)
+        if len(calls) <= len(errors):
+            raise errors[len(calls) - 1]
+        return "done"
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    result = await until_done(
+        operation, "testing", on_error=seen.append, sleep=sleep, rng=random.Random(1)
+    )
+    assert result == "done" and len(calls) == len(errors) + 1
+    assert seen == errors and len(slept) == len(errors)
+    assert all(0 <= s <= 5.0 for s in slept)
+    assert [redis_full(e) for e in errors].count(True) == 1
+
+
+async def test_until_done_raises_what_is_not_transient_at_once() -> None:
+    from redis import exceptions  # noqa: PLC0415
+
+    from metricrelay.retry import until_done  # noqa: PLC0415
+
+    async def operation() -> None:
+        raise exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind")
+
+    with pytest.raises(exceptions.ResponseError, match="WRONGTYPE"):
+        await until_done(operation, "testing")
+
+
+def test_until_done_sync_retries_until_it_succeeds_or_is_told_to_stop() -> None:
+    from metricrelay.retry import until_done_sync  # noqa: PLC0415
+
+    errors = _redis_errors()[:3]
+    slept: list[float] = []
+
+    def flaky() -> int:
+        if errors:
+            raise errors.pop(0)
+        return 7
+
+    assert until_done_sync(flaky, "testing", sleep=slept.append, rng=random.Random(2)) == 7
+    assert len(slept) == 3
+
+    def down() -> int:
+        raise ConnectionError("refused")
+
+    stopping = iter([False, False, True])
+    result = until_done_sync(
+        down, "testing", retry_on=lambda e: True, stop=lambda: next(stopping), sleep=slept.append
+    )
+    assert result is None and len(slept) == 5

@@ -12,6 +12,7 @@ import base64
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -37,6 +38,7 @@ from metricrelay.points import (
     stamp,
 )
 from metricrelay.progress import DeliveryReport
+from metricrelay.retry import RetryPolicy, until_done, until_done_sync
 
 __all__ = ["AsyncEmitter", "BufferFull", "Emitter", "EmitterConfig", "PointError"]
 
@@ -278,17 +280,20 @@ class _Core:
         for marker in markers:
             marker.callback()
 
-    @staticmethod
-    def _retry_in(backoff: float, error: Exception) -> float:
-        """Log a failed write; the next backoff (capped): reconnecting is redis-py's job."""
-        log.warning("writing to Redis failed (%s); retrying in %.2fs", error, backoff)
-        return min(backoff * 2, 2.0)
-
     def _account(self, ops: list[Metric | Named], ids: list[str]) -> None:
         self._written_bytes += sum(_METRIC_COST if isinstance(o, tuple) else o.size for o in ops)
         self.written_points += sum(1 for o in ops if isinstance(o, tuple))
         self.entry_ids += ids
         self._space.set()
+
+
+# The Emitter's writes: soon after a blip, then at most every 2 s (retry.py's loop).
+_WRITE_BACKOFF: Final = RetryPolicy(base=0.05, cap=2.0, budget=math.inf, retry_after_cap=0.0)
+
+
+def _always(error: BaseException) -> bool:
+    """Every write error is retried: giving up would lose logged points (issue 18 adds a spool)."""
+    return True
 
 
 def _exit_on_sigterm() -> None:
@@ -374,19 +379,22 @@ class Emitter(_Core):
             self._wakeup.clear()
             while self._queue:
                 ops, markers, fragments = self._next_batch()
-                backoff = 0.05
-                while True:
-                    try:
-                        pipe = self._redis.pipeline(transaction=False)
-                        self._queue_xadds(pipe, fragments)
-                        ids = pipe.execute() if fragments else []
-                        break
-                    except Exception as exc:  # nothing logged is lost: retry until Redis is back
-                        if self._stop and self._closed:
-                            return  # close() gave up waiting; it logged what is left
-                        next_backoff = self._retry_in(backoff, exc)
-                        time.sleep(backoff)
-                        backoff = next_backoff
+
+                def write(fragments: list[bytes] = fragments) -> list[Any]:
+                    pipe = self._redis.pipeline(transaction=False)
+                    self._queue_xadds(pipe, fragments)
+                    return list(pipe.execute()) if fragments else []
+
+                # nothing logged is lost: every error is retried until Redis takes the batch
+                ids = until_done_sync(
+                    write,
+                    "writing to Redis",
+                    retry_on=_always,
+                    stop=lambda: self._stop and self._closed,
+                    policy=_WRITE_BACKOFF,
+                )
+                if ids is None:
+                    return  # close() gave up waiting; it logged what is left
                 self._done(ops, ids, markers)
 
 
@@ -477,15 +485,13 @@ class AsyncEmitter(_Core):
             self._wakeup.clear()
             while self._queue:
                 ops, markers, fragments = self._next_batch()
-                backoff = 0.05
-                while True:
-                    try:
-                        pipe = self._redis.pipeline(transaction=False)
-                        self._queue_xadds(pipe, fragments)
-                        ids = await pipe.execute() if fragments else []
-                        break
-                    except Exception as exc:  # retry until Redis is back
-                        next_backoff = self._retry_in(backoff, exc)
-                        await asyncio.sleep(backoff)
-                        backoff = next_backoff
+
+                async def write(fragments: list[bytes] = fragments) -> list[Any]:
+                    pipe = self._redis.pipeline(transaction=False)
+                    self._queue_xadds(pipe, fragments)
+                    return list(await pipe.execute()) if fragments else []
+
+                ids = await until_done(
+                    write, "writing to Redis", retry_on=_always, policy=_WRITE_BACKOFF
+                )
                 self._done(ops, ids, markers)

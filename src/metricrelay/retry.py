@@ -33,6 +33,7 @@ __all__ = [
     "redis_full",
     "redis_transient",
     "until_done",
+    "until_done_sync",
 ]
 
 log = logging.getLogger(__name__)
@@ -190,29 +191,68 @@ def redis_full(error: BaseException) -> bool:
     return isinstance(error, redis_errors.OutOfMemoryError) or str(error).startswith("OOM")
 
 
+def _describe(error: BaseException) -> str:
+    if redis_full(error):
+        return "full (maxmemory reached)"
+    return "unavailable" if redis_transient(error) else "failing"
+
+
 async def until_done(
     operation: Callable[[], Awaitable[T]],
     what: str,
     *,
     on_error: Callable[[BaseException], None] | None = None,
+    retry_on: Callable[[BaseException], bool] = redis_transient,
     policy: RetryPolicy = REDIS_BACKOFF,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     rng: random.Random | None = None,
 ) -> T:
-    """Await ``operation()`` until it succeeds, retrying transient Redis errors with backoff;
-    anything else (cancellation included) propagates. ``on_error`` sees every retried error."""
+    """Await ``operation()`` until it succeeds, retrying with backoff what ``retry_on`` says
+    (transient Redis errors); anything else (cancellation included) propagates. ``on_error``
+    sees every retried error."""
     rng = rng if rng is not None else random.Random()
     failures = 0
     while True:
         try:
             return await operation()
         except Exception as error:
-            if not redis_transient(error):
+            if not retry_on(error):
                 raise
             delay = policy.delay(failures, rng)
             failures += 1
             if on_error is not None:
                 on_error(error)
-            state = "full (maxmemory reached)" if redis_full(error) else "unavailable"
-            log.warning("redis %s while %s (%s); retrying in %.1fs", state, what, error, delay)
+            log.warning(
+                "redis %s while %s (%s); retrying in %.1fs", _describe(error), what, error, delay
+            )
         await sleep(delay)
+
+
+def until_done_sync(
+    operation: Callable[[], T],
+    what: str,
+    *,
+    retry_on: Callable[[BaseException], bool] = redis_transient,
+    stop: Callable[[], bool] = lambda: False,
+    policy: RetryPolicy = REDIS_BACKOFF,
+    sleep: Callable[[float], object] = time.sleep,
+    rng: random.Random | None = None,
+) -> T | None:
+    """:func:`until_done` for a thread: the same backoff and logging; None when ``stop()`` is
+    true after a failure (the caller gave up waiting)."""
+    rng = rng if rng is not None else random.Random()
+    failures = 0
+    while True:
+        try:
+            return operation()
+        except Exception as error:
+            if not retry_on(error):
+                raise
+            if stop():
+                return None
+            delay = policy.delay(failures, rng)
+            failures += 1
+            log.warning(
+                "redis %s while %s (%s); retrying in %.1fs", _describe(error), what, error, delay
+            )
+        sleep(delay)
