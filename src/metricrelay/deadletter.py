@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from metricrelay.keys import Keys, ShardKeys
 from metricrelay.timestamps import format_utc
@@ -34,6 +35,17 @@ class DeadLetter:
     attempts: int = 0
     failed_at: str = ""
 
+    def identity(self) -> str:
+        """What makes two writes the same letter: its reason, sources and content (and, for an
+        invalid item, its error, which names the item's place in its entry)."""
+        digest = hashlib.sha1(usedforsecurity=False)
+        for part in (self.reason.value, ",".join(self.source_ids)):
+            digest.update(part.encode() + b"\0")
+        digest.update(self.resource)
+        if self.reason is Reason.INVALID:
+            digest.update(b"\0" + self.error.encode())
+        return digest.hexdigest()
+
     def fields(self) -> dict[str, bytes | str | int]:
         return {
             "resource": self.resource,
@@ -60,18 +72,42 @@ class DeadLetter:
         )
 
 
+# Each letter is appended only if its mark could be set (SET NX EX): a write repeated after a lost
+# reply or a refused part, or by the next owner of an entry whose acknowledgement never came,
+# adds no second letter. Atomic: a full Redis refuses the first SET, and the script stops before
+# it wrote anything. KEYS: the dead-letter stream, then one mark per letter (all in the shard's
+# slot). ARGV: the marks' time to live, then per letter its field count and fields.
+_WRITE_ONCE: Final = """
+local at = 2
+local written = 0
+for k = 2, #KEYS do
+  local n = tonumber(ARGV[at])
+  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 1, at + n))
+    written = written + 1
+  end
+  at = at + n + 1
+end
+return written
+"""
+# Long enough for any retry or hand-over of the entries a letter came from.
+DEAD_MARK_TTL_S: Final = 3600
+
+
 async def write_dead_letters(
     redis: Any, keys: Keys | ShardKeys, letters: Iterable[DeadLetter]
 ) -> int:
-    """Append every letter in one round trip; only after this returns may sources be acked."""
-    pipe = redis.pipeline(transaction=False)
-    count = 0
+    """Append every letter not written before (within an hour), in one atomic script; only
+    after this returns may sources be acked. Returns how many were appended."""
+    marks: list[str] = []
+    args: list[bytes | str | int] = [DEAD_MARK_TTL_S]
     for letter in letters:
-        pipe.xadd(keys.dead, letter.fields())
-        count += 1
-    if count:
-        await pipe.execute()
-    return count
+        marks.append(keys.dead_mark(letter.identity()))
+        fields = [part for pair in letter.fields().items() for part in pair]
+        args += [len(fields), *fields]
+    if not marks:
+        return 0
+    return int(await redis.eval(_WRITE_ONCE, 1 + len(marks), keys.dead, *marks, *args))
 
 
 async def read_dead_letters(

@@ -93,6 +93,11 @@ class ShardKeys:
         """Which worker owns this shard (sharded layouts only; see leases.py)."""
         return f"{self.prefix}:lease:{self.tag}"
 
+    def dead_mark(self, identity: str) -> str:
+        """Set (for an hour) once the dead letter ``identity`` is written, so that it is written
+        once (deadletter.py); in the shard's slot, beside the dead-letter stream."""
+        return f"{self.prefix}:deadmark:{self.tag}:{identity}"
+
     def progress(self, resource_group: str, execution_id: str) -> str:
         """The hash that records delivery progress of one execution; in the shard's slot, so
         that it is raised in the same transaction as the XACK.
@@ -168,6 +173,9 @@ class Keys:
 
     def progress(self, resource_group: str, execution_id: str) -> str:
         return self._only().progress(resource_group, execution_id)
+
+    def dead_mark(self, identity: str) -> str:
+        return self._only().dead_mark(identity)
 
 
 def format_shard_list(indices: list[int]) -> str:

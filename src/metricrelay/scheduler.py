@@ -20,6 +20,7 @@ __all__ = ["KeyedScheduler"]
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+_CANCEL_CHECK_S = 0.5
 
 
 class KeyedScheduler:
@@ -91,10 +92,13 @@ class KeyedScheduler:
         self._closed = True
         self._queues.clear()
         self._waiting.clear()
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        pending = set(self._tasks.values())
+        while pending:
+            # Again and again: Python 3.11's asyncio.timeout (inside aiohttp and redis-py) can
+            # swallow a cancellation that lands as its own deadline passes.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=_CANCEL_CHECK_S)
         self._tasks.clear()
         self._idle.set()
 

@@ -123,11 +123,16 @@ class EventStream:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read(self, count: int, block_ms: int | None) -> list[Entry]:
-        """New entries for this consumer; ``block_ms`` None returns at once."""
+    async def read(self, count: int, block_ms: int | None, after: str = ">") -> list[Entry]:
+        """New entries for this consumer; ``block_ms`` None returns at once. With ``after`` an
+        id, this consumer's own pending entries after that id instead (its history)."""
         try:
             reply = await self._reader.xreadgroup(
-                self.keys.group, self.consumer, {self.keys.events: ">"}, count=count, block=block_ms
+                self.keys.group,
+                self.consumer,
+                {self.keys.events: after},
+                count=count,
+                block=block_ms if after == ">" else None,
             )
         except ResponseError as exc:
             # Redis Cluster moved the stream to another node while this read was blocked on it

@@ -94,8 +94,14 @@ class Worker:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._abandoned = False
+        self._let_go = False  # everything held was let go: nothing may touch the book again
         self._crash: BaseException | None = None  # a delivery failed unexpectedly
         self._handed_over = not config.exclusive  # nothing a previous owner left is pending
+        # Entries may be pending under this consumer that it does not hold: a read or claim
+        # whose reply was lost, or this consumer's work before a restart. Until they are taken
+        # back, nothing newer is read (they would land after it).
+        self._unsure = True
+        self._lost_reply = False  # _unsure because of a failed call (not a start)
         self._misrouted: set[tuple[str, str]] = set()  # executions reported in the wrong shard
         keys = stream.keys
         self._sharded = keys if isinstance(keys, ShardKeys) and keys.count > 1 else None
@@ -147,6 +153,8 @@ class Worker:
         """
         self._stop = stop
         self._task = asyncio.current_task()
+        if self._abandoned:  # the lease was lost before this run began
+            return
         try:
             await self._redis("creating the consumer group", self.stream.ensure_group)
             await self._loop(burst)
@@ -185,6 +193,7 @@ class Worker:
         """Cancel every delivery and let go of every entry held: its bytes go back to the budget
         and it stays pending in Redis. With ``reset``, its delivery count is set back (best
         effort, briefly): the let-go was not the entry's fault, so it must not become poison."""
+        self._let_go = True
         await self.scheduler.cancel()
         deliveries = self.book.let_go()
         if not reset or not deliveries:
@@ -219,6 +228,7 @@ class Worker:
             except Exception as exc:  # transient: keep what is held; go on once Redis is back
                 if not redis_transient(exc):
                     raise
+                self._unsure = self._lost_reply = True  # a read may have given us entries
                 self._redis_failed(exc)
                 delay = REDIS_BACKOFF.delay(failures, self._rng)
                 failures += 1
@@ -233,7 +243,15 @@ class Worker:
         """A Redis write retried until it succeeds (retry.py); tells readiness when it did."""
         result = await until_done(operation, what, on_error=self._redis_failed)
         self.redis_full_since = None
+        self._still_holding()
         return result
+
+    def _still_holding(self) -> None:
+        """Called after an await that precedes bookkeeping: if the worker let go meanwhile (a
+        lost lease) and the cancellation that should have ended this task was swallowed (see
+        scheduler.py), end it now instead of touching entries another worker owns."""
+        if self._let_go:
+            raise asyncio.CancelledError("the worker let go of its entries")
 
     def _redis_failed(self, error: BaseException) -> None:
         self.count(Tally.REDIS_ERRORS)
@@ -268,6 +286,8 @@ class Worker:
                 async with asyncio.timeout(self._wait_seconds()):
                     await self.budget.room.wait()
             return None
+        if self._unsure:
+            await self._recover_own()
         if not self._handed_over and not await self._take_over():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._wait_seconds()):
@@ -275,6 +295,7 @@ class Worker:
             return None
         count = min(self.config.read_count, self._read_count)
         entries = await self.stream.read(count, self._block_ms())
+        self._still_holding()
         if entries:  # size the next read after these entries (see _READ_TARGET_BYTES)
             size = sum(entry.size for entry in entries)
             fitting = _READ_TARGET_BYTES * len(entries) // max(1, size)
@@ -400,10 +421,40 @@ class Worker:
             await self._reclaim(self.config.handover_idle_ms)
         return False
 
+    async def _recover_own(self) -> None:
+        """Take back, in stream order, the entries pending under this consumer that it does
+        not hold (see ``_unsure``), before anything newer is read."""
+        after = "0-0"
+        while True:
+            entries = await self.stream.read(self.config.read_count, None, after)
+            self._still_holding()
+            if not entries:
+                break
+            after = entries[-1].id
+            unknown = [entry for entry in entries if entry.id not in self.book]
+            if unknown:
+                counts = await self.stream.delivery_counts([entry.id for entry in unknown])
+                if self._lost_reply:  # reading them again was no delivery that failed
+                    counts = {i: max(1, n - 1) for i, n in counts.items()}
+                    await self.stream.let_go({i: n + 1 for i, n in counts.items()})
+                self._still_holding()
+                log.info("took back %d entries pending under this consumer", len(unknown))
+                await self._take_back([(e, counts.get(e.id, 1)) for e in unknown])
+        self._unsure = self._lost_reply = False
+
     async def _reclaim(self, min_idle_ms: int | None = None) -> None:
         """Take over entries of dead consumers; poison what keeps coming back."""
         idle = self.config.reclaim_idle_ms if min_idle_ms is None else min_idle_ms
         claimed = await self.stream.reclaim(idle, self.config.read_count)
+        self._still_holding()
+        if claimed:
+            log.info("reclaimed %d entries from other consumers", len(claimed))
+            self.count(Tally.RECLAIMED, len(claimed))
+        await self._take_back(claimed)
+
+    async def _take_back(self, claimed: Sequence[tuple[Entry, int]]) -> None:
+        """Entries delivered before, with their delivery counts: poison what keeps coming back
+        (crash loops), ingest the rest."""
         limit = self.config.max_deliveries
         fresh = [(e, n) for e, n in claimed if n <= limit and e.id not in self.book]
         poison = [(e, n) for e, n in claimed if n > limit and e.id not in self.book]
@@ -426,8 +477,6 @@ class Worker:
             await self._redis("acknowledging", lambda: self.stream.ack(ids))
             self.count(Tally.DEAD_LETTERS_POISON, len(poison))
         if fresh:
-            log.info("reclaimed %d entries from dead consumers", len(fresh))
-            self.count(Tally.RECLAIMED, len(fresh))
             await self.ingest([e for e, _ in fresh], {e.id: n for e, n in fresh})
 
     # ------------------------------------------------------------------ bodies out
@@ -441,6 +490,7 @@ class Worker:
         started = time.perf_counter()
         try:
             delivery = await self.dispatcher.deliver(body)
+            self._still_holding()
         except AuthError as exc:  # its entries stay pending, for when the credentials are fixed
             log.error("stopping: the token service refused the credentials: %s", exc)
             self.fatal = exc

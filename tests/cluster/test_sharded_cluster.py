@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -101,6 +102,13 @@ def test_a_master_killed_mid_run_loses_nothing(cluster_stack: ClusterStack) -> N
     assert stack.dead_letters() == 0
     for worker in stack.workers:
         assert worker.process.poll() is None, f"{worker.name} died with the master"
+    # after the failover, every worker still stops in time on SIGTERM (issue 14: one did not)
+    deadline = 25.0 + 5.0  # METRICRELAY_DRAIN_DEADLINE's default, plus the exit grace
+    for worker in stack.workers:
+        started = time.monotonic()
+        code = worker.stop(timeout=deadline + 2)  # SIGKILL after that: the code shows it
+        took = time.monotonic() - started
+        assert code == 0 and took <= deadline, f"{worker.name}: exit {code} after {took:.1f}s"
 
 
 def test_changing_the_shard_count_live_drains_the_old_layout_first(

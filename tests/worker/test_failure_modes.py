@@ -249,3 +249,48 @@ async def test_7_progress_is_counted_once_when_the_script_runs_twice(
     assert await ack_with_progress(redis_client, KEYS, ids, counts) == 0  # its reply was lost
     progress = await redis_client.hgetall(KEYS.progress("default", "exec-0001"))
     assert progress == {b"points_accepted": b"2"}
+
+
+# the fault harness's finding: a dead letter written twice ---------------------------------------
+
+
+async def test_a_dead_letter_written_again_is_not_appended_twice(
+    redis_client: redis_asyncio.Redis,
+) -> None:
+    from metricrelay.deadletter import DeadLetter, write_dead_letters  # noqa: PLC0415
+
+    def invalid(path: str) -> DeadLetter:
+        return DeadLetter(b'{"name":"x","value":"NaN"}', Reason.INVALID, f"{path}: bad", ["1-0"])
+
+    letters = [invalid("metrics[0].value"), invalid("metrics[1].value")]  # same bytes, 2 items
+    assert await write_dead_letters(redis_client, KEYS, letters) == 2
+    # the reply was lost, or a new owner redoes the entry: the same letters again
+    assert await write_dead_letters(redis_client, KEYS, [letters[1], letters[0]]) == 0
+    poison = DeadLetter(b"{}", Reason.POISON, "delivered 6 times", ["2-0"], attempts=6)
+    again = DeadLetter(b"{}", Reason.POISON, "delivered 7 times", ["2-0"], attempts=7)
+    assert await write_dead_letters(redis_client, KEYS, [poison]) == 1
+    assert await write_dead_letters(redis_client, KEYS, [again]) == 0
+    assert len(await read_dead_letters(redis_client, KEYS)) == 3
+
+
+async def test_entries_whose_read_reply_was_lost_are_taken_back_before_newer_ones(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: ScriptedApi
+) -> None:
+    """The fault harness's finding (seed 11): a read applied by Redis whose reply never came
+    left an entry pending under the owner, unknown to it; it went on with newer entries and the
+    lost one was delivered minutes later, its older tag last."""
+    stream = EventStream(redis_client, KEYS, "me")
+    await stream.ensure_group()
+    tags = [{"name": "last", "value": "1"}], [{"name": "last", "value": "2"}]
+    await xadd(redis_client, [point("exec-0001", 0, tags=tags[0])])
+    await stream.read(10, None)  # applied by Redis; the worker never saw the reply
+    await xadd(redis_client, [point("exec-0001", 1, tags=tags[1])])
+    settings = settings_for(redis_server, scripted_api.url, consumer_name="me")
+    async with AsyncExitStack() as stack:
+        worker = await open_shard_worker(settings, stack)
+        await asyncio.wait_for(worker.run(asyncio.Event(), burst=True), 30)
+    sent = [(m["step"], d.get("tags")) for d in scripted_api.accepted for m in d["metrics"]]
+    assert [step for step, _ in sent] == [0, 1]
+    assert scripted_api.accepted[-1]["tags"] == tags[1]
+    counts = await redis_client.xpending_range(KEYS.events, KEYS.group, "-", "+", 10)
+    assert counts == []  # all acknowledged
