@@ -260,5 +260,8 @@ async def run_worker(settings: Settings, *, burst: bool = False) -> Worker | Fle
             loop.remove_signal_handler(number)
         gc.unfreeze()
         gc.set_threshold(*threshold)
-    log.info("worker stopped: %s", worker.stats)
+    # held bytes: what its entry books still count against the memory budget (0 unless a
+    # forced exit cut it short); checked by the fault harness
+    counts = {str(name): amount for name, amount in worker.stats.items()}
+    log.info("worker stopped holding %d bytes: %s", worker.held_bytes, counts)
     return worker

@@ -471,6 +471,9 @@ def check_logs(folder: Path) -> tuple[list[str], Counter[str]]:
                 f"[logs] {path.name}: {text.count('Traceback')} tracebacks, "
                 f"{text.count('stopped unexpectedly')} unexpected stops; raised: {raised[:4]}"
             )
+        for held in re.findall(r"worker stopped holding (\d+) bytes", text):
+            if held != "0":  # the memory budget must be back to zero when a worker ends
+                failures.append(f"[budget] {path.name}: stopped holding {held} bytes")
         for found in re.finditer(r" (WARNING|ERROR) ([\w.]+): ([^(\n:]{0,70})", text):
             tally[f"{found[1]} {found[2]}: {found[3].strip()}"] += 1
     return failures, tally
