@@ -17,18 +17,19 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from metricrelay import outcome
 from metricrelay.batching import Body, Coalescer
-from metricrelay.codec import EncodedFragment, decode_entry
 from metricrelay.deadletter import DeadLetter, Reason, write_dead_letters
-from metricrelay.dispatch import Delivery, Dispatcher
+from metricrelay.dispatch import Dispatcher
 from metricrelay.entries import EntryBook, MemoryBudget
 from metricrelay.errors import AuthError
-from metricrelay.keys import ShardKeys, shard_index
+from metricrelay.intake import RouteCheck, decode
+from metricrelay.keys import ShardKeys
 from metricrelay.progress import ack_with_progress
 from metricrelay.retry import REDIS_BACKOFF, redis_full, redis_transient, until_done
 from metricrelay.scheduler import KeyedScheduler
 from metricrelay.stream import Entry, EventStream
-from metricrelay.tally import Tally, body_tally, dead_tally
+from metricrelay.tally import Tally, body_tally
 
 if TYPE_CHECKING:
     from metricrelay.observability import WorkerMetrics
@@ -102,9 +103,12 @@ class Worker:
         # back, nothing newer is read (they would land after it).
         self._unsure = True
         self._lost_reply = False  # _unsure because of a failed call (not a start)
-        self._misrouted: set[tuple[str, str]] = set()  # executions reported in the wrong shard
         keys = stream.keys
-        self._sharded = keys if isinstance(keys, ShardKeys) and keys.count > 1 else None
+        self._route_check = (
+            RouteCheck(keys, lambda: self.count(Tally.ENTRIES_MISROUTED))
+            if isinstance(keys, ShardKeys) and keys.count > 1
+            else None
+        )
         self._next_handover = 0.0
         self._rng = random.Random()
         self.fatal: AuthError | None = None  # why the worker stopped on its own, if it did
@@ -342,7 +346,7 @@ class Worker:
         for entry in entries:
             if not book.admit(entry.id, entry.size, (deliveries or {}).get(entry.id, 1)):
                 continue  # held already (claimed back while this worker still works on it)
-            fragment, invalid = self._decode(entry)
+            fragment, invalid = decode(entry, self.config.default_resource_group)
             for letter in invalid:
                 book.hold(entry.id)
                 letters.append(letter)
@@ -350,8 +354,8 @@ class Worker:
             if fragment is None:
                 continue
             key = (fragment.resource_group, fragment.execution_id)
-            if self._sharded is not None:
-                self._check_route(*key)
+            if self._route_check is not None:
+                self._route_check(*key)
             if invalid:
                 book.add_counts(entry.id, key, {"items_invalid": len(invalid)})
             done += self.coalescer.add(entry.id, fragment, now)
@@ -371,43 +375,6 @@ class Worker:
         self.count(Tally.ENTRIES_READ, len(entries))
         await self._acknowledge(done)
         self._submit(self.coalescer.take_ready())
-
-    def _check_route(self, resource_group: str, execution_id: str) -> None:
-        """Count (and report once per execution) an entry its producer put in the wrong shard:
-        it is delivered all the same, but its order against the execution's other entries,
-        read from another shard, is not kept."""
-        keys = self._sharded
-        if keys is None:
-            return
-        if shard_index(resource_group, execution_id, keys.count) == keys.index:
-            return
-        self.count(Tally.ENTRIES_MISROUTED)
-        if (resource_group, execution_id) not in self._misrouted and len(self._misrouted) < 1000:
-            self._misrouted.add((resource_group, execution_id))
-            log.warning(
-                "execution %s/%s has entries in shard %s, but routes to shard %dof%d: its "
-                "producer does not follow the routing rule (README), so its order is not kept",
-                resource_group,
-                execution_id,
-                keys.name,
-                shard_index(resource_group, execution_id, keys.count),
-                keys.count,
-            )
-
-    def _decode(self, entry: Entry) -> tuple[EncodedFragment | None, list[DeadLetter]]:
-        if entry.resource is None:
-            return None, [
-                DeadLetter(b"", Reason.INVALID, "entry has no 'resource' field", [entry.id])
-            ]
-        decoded = decode_entry(
-            entry.resource,
-            entry_ms=entry.ms,
-            default_resource_group=self.config.default_resource_group,
-        )
-        invalid = [
-            DeadLetter(p.resource, Reason.INVALID, p.message, [entry.id]) for p in decoded.problems
-        ]
-        return decoded.fragment, invalid
 
     async def _take_over(self) -> bool:
         """True once no entry is pending that this worker does not hold: what the shard's
@@ -499,61 +466,16 @@ class Worker:
             self.scheduler.halt()
             self._stop.set()
             return
-        letters = [
-            DeadLetter(
-                f.body.resource(), f.reason, f.error, list(f.body.sources), f.status, f.attempts
-            )
-            for f in delivery.failures
-        ]
+        letters = outcome.dead_letters(delivery)
         if letters:
             await self._redis(
                 "writing dead letters",
                 lambda: write_dead_letters(self.stream.redis, self.stream.keys, letters),
             )
-            for failure in delivery.failures:
-                self.count(dead_tally(failure.reason))
-        dead: dict[str, int] = {}
-        for failure in delivery.failures:
-            key = f"points_dead_{failure.reason}"
-            dead[key] = dead.get(key, 0) + len(failure.body.metrics)
-        accepted = len(body.metrics) - sum(dead.values())
-        self.book.add_counts(
-            next(iter(body.sources)), body.key, {"points_accepted": accepted, **dead}
-        )
+        self.book.add_counts(next(iter(body.sources)), body.key, outcome.progress(body, delivery))
         await self._acknowledge(self.coalescer.complete(body))
-        self._log_outcome(body, delivery, time.perf_counter() - started)
-
-    def _log_outcome(self, body: Body, delivery: Delivery, seconds: float) -> None:
-        failed = sum(len(f.body.metrics) for f in delivery.failures)
-        self.count(Tally.REQUESTS, delivery.requests)
-        self.count(Tally.RETRIES, delivery.retries)
-        self.count(Tally.SPLITS, delivery.splits)
-        self.count(Tally.SPLITS_413, delivery.too_large_splits)
-        self.count(Tally.SPLITS_400, delivery.splits - delivery.too_large_splits)
-        self.count(Tally.POINTS_SENT, len(body.metrics) - failed)
-        if delivery.failures:
-            isolated = sum(f.body.item_count for f in delivery.failures if f.status == 400)
-            self.count(Tally.ISOLATED_400, isolated)
-        log.info(
-            "batch %s/%s: %d points, %d bytes, statuses %s, %d requests, %d dead, %.0f ms",
-            body.resource_group,
-            body.execution_id,
-            len(body.metrics),
-            body.size,
-            delivery.statuses,
-            delivery.requests,
-            len(delivery.failures),
-            seconds * 1000,
-            extra={  # the same facts as fields, for JSON logs (cli.py --log-format json)
-                "resource_group": body.resource_group,
-                "execution_id": body.execution_id,
-                "points": len(body.metrics),
-                "bytes": body.size,
-                "requests": delivery.requests,
-                "dead": len(delivery.failures),
-                "ms": round(seconds * 1000, 1),
-            },
-        )
+        outcome.tally(self.count, body, delivery)
+        outcome.log_batch(log, body, delivery, time.perf_counter() - started)
 
     async def _acknowledge(self, ids: Sequence[str]) -> None:
         """XACK the done ids, raising the progress counts that ride with them in the same
