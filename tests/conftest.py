@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as redis_asyncio
 
+from metricrelay.connection import async_client
 from metricrelay.embedded import RedisServer
 
 
@@ -18,7 +19,7 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def redis_client(redis_server: RedisServer) -> AsyncIterator[redis_asyncio.Redis]:
-    client = redis_asyncio.Redis.from_url(redis_server.url)
+    client: redis_asyncio.Redis = async_client(redis_server.url)  # with timeouts
     await client.flushdb()
     yield client
     await client.aclose()

@@ -58,6 +58,7 @@ def test_defaults() -> None:
     assert settings.resource_group == "default"
     assert settings.api_url is None and settings.token is None and settings.health_port is None
     assert (settings.read_count, settings.block_ms, settings.concurrency) == (1000, 1000, 16)
+    assert settings.redis_timeout == 10.0  # above the longest blocking read (block_ms)
     assert settings.max_body_bytes == 4 * 1024 * 1024
     assert settings.memory_budget_bytes == 256 * 1024 * 1024
     assert (settings.retry_base, settings.retry_cap, settings.retry_budget) == (0.5, 30.0, 300.0)

@@ -81,9 +81,11 @@ class Endpoints:
         log.info("metrics and probes on http://%s:%d", self.config.host, self.port)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        pending = set(self._tasks)
+        while pending:  # again until they end: a library may swallow one cancellation
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         self._tasks = []
         if self._runner is not None:
             await self._runner.cleanup()

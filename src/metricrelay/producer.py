@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 Policy = Literal["block", "drop"]
 _METRIC_COST: Final = 96  # approximate bytes one queued metric holds, for the memory bound
+# Seconds an emitter waits to connect to Redis or for a reply; then its writer tries again.
+_REDIS_TIMEOUT: Final = 5.0
 
 
 class BufferFull(RuntimeError):
@@ -320,7 +322,7 @@ class Emitter(_Core):
 
         super().__init__(EmitterConfig(execution_id, **options))
         self._redis = sync_client(
-            self.config.redis_url, cluster=self.config.cluster, socket_timeout=5
+            self.config.redis_url, cluster=self.config.cluster, timeout=_REDIS_TIMEOUT
         )
         self._wakeup = threading.Event()
         self._stop = False
@@ -428,7 +430,7 @@ class AsyncEmitter(_Core):
     def __init__(self, execution_id: str | None = None, **options: Any) -> None:
         super().__init__(EmitterConfig(execution_id, **options))
         self._redis = async_client(
-            self.config.redis_url, cluster=self.config.cluster, socket_timeout=5
+            self.config.redis_url, cluster=self.config.cluster, timeout=_REDIS_TIMEOUT
         )
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

@@ -179,7 +179,9 @@ async def open_shard_worker(settings: Settings, stack: AsyncExitStack, index: in
 
 
 async def _open_parts(settings: Settings, stack: AsyncExitStack) -> _Parts:
-    client = async_client(settings.redis_url, cluster=settings.cluster)
+    client = async_client(
+        settings.redis_url, cluster=settings.cluster, timeout=settings.redis_timeout
+    )
     stack.push_async_callback(client.aclose)
     session = await stack.enter_async_context(aiohttp.ClientSession())
     tokens = build_token_provider(settings, session)

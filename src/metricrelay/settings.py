@@ -29,12 +29,13 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from metricrelay.connection import CLUSTER_SCHEMES
+from metricrelay.connection import CLUSTER_SCHEMES, DEFAULT_TIMEOUT
 from metricrelay.errors import ConfigError
 from metricrelay.keys import DEFAULT_PREFIX, MAX_SHARDS, Keys, parse_shard_list
 from metricrelay.models import EXECUTION_ID_PATTERN, RESOURCE_GROUP_PATTERN
 
 __all__ = [
+    "BLOCK_MARGIN_S",
     "ENV_FALLBACKS",
     "ENV_PREFIX",
     "RECLAIM_SLACK_S",
@@ -64,6 +65,10 @@ MIB: Final = 1024 * 1024
 # scheduling and a token fetch on the happy path. Redis measures idle time on its own clock, so
 # clock skew between replicas does not enter.
 RECLAIM_SLACK_S: Final = 5.0
+# How much longer than the longest blocking read (block_ms) a Redis reply may take before the
+# client gives up on it: a blocked XREADGROUP answers only when its block ends, and the network
+# and a busy Redis add to that. Less, and every idle read would time out.
+BLOCK_MARGIN_S: Final = 1.0
 
 
 def env_names(field_name: str) -> str:
@@ -231,6 +236,8 @@ class Settings(BaseSettings):
     # The URL may carry a Redis password: it stays out of repr() and is redacted in dumps.
     redis_url: str = Field("redis://localhost:6379/0", repr=False)
     cluster: bool = False  # a Redis Cluster even without a redis+cluster:// URL
+    # Seconds to connect to Redis and to wait for any reply; above block_ms (_coherent).
+    redis_timeout: float = Field(DEFAULT_TIMEOUT, gt=0)
     prefix: str = DEFAULT_PREFIX
     shards: int = Field(1, ge=1, le=MAX_SHARDS)  # event streams; keys.py names them
     # Only these shards, e.g. "0-15,32": for very large shard counts, split among worker pools.
@@ -359,6 +366,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
+        if self.redis_timeout <= self.block_ms / 1000 + BLOCK_MARGIN_S:
+            raise ValueError(
+                f"METRICRELAY_REDIS_TIMEOUT ({self.redis_timeout:g} s) must exceed "
+                f"METRICRELAY_BLOCK_MS ({self.block_ms} ms) by more than {BLOCK_MARGIN_S:g} s, "
+                "or a read blocked that long times out before Redis answers"
+            )
         if self.retry_cap < self.retry_base:
             raise ValueError(
                 f"METRICRELAY_RETRY_CAP ({self.retry_cap}) must not be below "

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-import pytest
 import redis.asyncio as redis_asyncio
 
 from metricrelay.api import ApiConfig
@@ -18,11 +17,6 @@ from metricrelay.api.server import start_server
 from metricrelay.embedded import RedisServer
 from metricrelay.keys import Keys
 from metricrelay.logs import JsonFormatter
-
-# An intermittent hang (an idle event loop at the worker's shutdown) was Python 3.11's
-# asyncio.wait_for swallowing a cancellation (tests/test_cancellation.py); fixed. Should any
-# other hang appear, a timed-out test is still rerun rather than stalling CI (and shows as R).
-pytestmark = pytest.mark.flaky(reruns=2, only_rerun=["Failed: Timeout"])
 
 KEYS = Keys()
 TOKEN = "tok-that-must-never-be-logged"

@@ -19,11 +19,6 @@ from metricrelay.stream import EventStream
 
 from .support import get, open_observed_worker, scrape, until, worker_settings
 
-# An intermittent hang (an idle event loop at the worker's shutdown) was Python 3.11's
-# asyncio.wait_for swallowing a cancellation (tests/test_cancellation.py); fixed. Should any
-# other hang appear, a timed-out test is still rerun rather than stalling CI (and shows as R).
-pytestmark = pytest.mark.flaky(reruns=2, only_rerun=["Failed: Timeout"])
-
 KEYS = Keys()
 DUMMY_API = {"api_url": "http://127.0.0.1:9/v2", "token": "probe-token"}
 

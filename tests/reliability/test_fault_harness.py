@@ -68,6 +68,7 @@ DRAIN_DEADLINE_S = 5.0
 WORKER_ENV = {
     **QUICK,
     "METRICRELAY_LEASE_TTL": "2",
+    "METRICRELAY_REDIS_TIMEOUT": "2",
     "METRICRELAY_REQUEST_TIMEOUT": "2",
     "METRICRELAY_DRAIN_DEADLINE": str(DRAIN_DEADLINE_S),
 }
@@ -80,7 +81,14 @@ API_FAULTS = (
 # Faults are on while the producer writes (~8 s, a few hundred commands of three workers): rates
 # at which each kind is expected a few times per run. OOM hits only writes, the fewest commands.
 PROXY_FAULTS = FaultConfig(
-    reset_before=0.01, reset_after=0.01, error=0.01, oom_writes=0.02, slow=0.03, slow_max_s=0.3
+    reset_before=0.01,
+    reset_after=0.01,
+    error=0.01,
+    oom_writes=0.02,
+    slow=0.03,
+    slow_max_s=0.3,
+    stall=0.005,  # no reply for longer than the workers' METRICRELAY_REDIS_TIMEOUT: a timeout
+    stall_s=3.0,
 )
 # At scale 8: 120k points over 60 executions with 6 SIGKILLs (the issue's own reproduction).
 EXECUTIONS = [f"harness-{number:02d}" for number in range(min(60, 12 * SCALE))]

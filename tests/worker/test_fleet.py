@@ -48,6 +48,28 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> 
             await asyncio.sleep(0.05)  # the fleet works in the background: poll with a deadline
 
 
+async def ticks(fleet: Fleet, count: int) -> None:
+    """Wait until ``count`` more turns of the fleet's loop have run to their end: whatever a
+    turn would do (take a shard back, take one more) has had that many chances. Each turn
+    starts with one beat (``leases.beat``); the turn a beat starts has ended by the next."""
+    beats = 0
+    beat = fleet.leases.beat
+
+    async def counted() -> int:
+        nonlocal beats
+        beats += 1
+        return await beat()
+
+    async def turned() -> bool:
+        return beats > count
+
+    fleet.leases.beat = counted  # type: ignore[method-assign]
+    try:
+        await until(turned)
+    finally:
+        fleet.leases.beat = beat  # type: ignore[method-assign]
+
+
 @contextlib.asynccontextmanager
 async def running_fleet(
     redis_server: RedisServer, api_url: str, name: str, **overrides: Any
@@ -145,7 +167,7 @@ async def test_a_lost_lease_stops_work_on_that_shard_at_once(
             f"exec-{n}" for n in range(100) if KEYS.route("default", f"exec-{n}") == shard
         )
         await xadd_steps(redis_client, [execution], range(5))
-        await asyncio.sleep(1.0)  # several ticks: the fleet must not take the shard back
+        await ticks(fleet, 4)  # the fleet must not take the shard back, tick after tick
         assert shard.events not in fleet.owned
         assert await redis_client.get(shard.lease) == b"intruder"
     assert not scripted_api.accepted  # nothing of the shard was delivered by the old owner
@@ -187,7 +209,7 @@ async def test_only_shards_limits_what_a_fleet_takes(
 ) -> None:
     async with running_fleet(redis_server, scripted_api.url, "pool-a", only_shards="1,3") as a:
         await until(lambda: _has(a, KEYS.shard(3).events, True))
-        await asyncio.sleep(0.6)  # a few more ticks: nothing else is taken
+        await ticks(a, 2)  # a few more turns: nothing else is taken
         assert sorted(a.owned) == [KEYS.shard(1).events, KEYS.shard(3).events]
         assert a.metrics is not None
         assert a.metrics.registry.get_sample_value("metricrelay_shards_owned") == 2
@@ -229,8 +251,8 @@ async def test_a_fleet_rides_out_a_redis_restart_longer_than_its_leases(
             async with running_fleet(server, scripted_api.url, "fleet-r") as fleet:
                 await until(lambda: _delivered(scripted_api, 160))
                 await asyncio.to_thread(server.stop)
-                await asyncio.sleep(2.0)  # lease TTL is 1 s
-                assert fleet.shards_owned == 0  # it gave up its shards while it could not renew
+                # it gives up its shards while it cannot renew (the lease TTL is 1 s)
+                await until(lambda: _shards_owned(fleet, 0), timeout=10)
                 await asyncio.to_thread(server.restart)
                 await client.aclose()  # its connection died with the server
                 client = redis_asyncio.Redis.from_url(server.url)

@@ -67,7 +67,10 @@ def add_redis_flags(parser: argparse.ArgumentParser, *extra: tuple[str, str, typ
         help="Redis is a Redis Cluster (also implied by a redis+cluster:// URL)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for Redis (default 10)"
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for Redis (default: METRICRELAY_REDIS_TIMEOUT, else 10)",
     )
 
 
@@ -108,17 +111,17 @@ def load_settings(args: argparse.Namespace, *extra: tuple[str, str, type]) -> Se
 
 
 def run_with_redis(
-    settings: Settings, timeout: float, main: Callable[[Any], Awaitable[T]]
+    settings: Settings, timeout: float | None, main: Callable[[Any], Awaitable[T]]
 ) -> tuple[int, T | None]:
     """Run ``main(client)`` on a fresh connection; Redis trouble becomes exit code 1 and a
-    message naming the server (password redacted), never a traceback."""
+    message naming the server (password redacted), never a traceback. ``timeout`` (seconds
+    to connect and for each reply) defaults to ``settings.redis_timeout``."""
 
     async def session() -> T:
         client = async_client(
             settings.redis_url,
             cluster=settings.cluster,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
+            timeout=settings.redis_timeout if timeout is None else timeout,
         )
         try:
             return await main(client)

@@ -50,11 +50,10 @@ class _Progress:
     """One status line: logged, delivered, retried, split, dead-lettered, lag."""
 
     def __init__(self, redis_url: str, api_url: str, executions: list[str]) -> None:
-        import redis  # noqa: PLC0415
-
+        from metricrelay.connection import sync_client  # noqa: PLC0415
         from metricrelay.keys import Keys  # noqa: PLC0415
 
-        self.client = redis.Redis.from_url(redis_url)
+        self.client = sync_client(redis_url)
         self.keys = Keys()
         self.api_url = api_url
         self.executions = executions
@@ -100,12 +99,11 @@ class _Progress:
 
 def _poison(redis_url: str, execution: str) -> None:
     """One deliberately bad entry, as a buggy producer in another language might XADD it."""
-    import redis  # noqa: PLC0415
-
+    from metricrelay.connection import sync_client  # noqa: PLC0415
     from metricrelay.keys import Keys  # noqa: PLC0415
 
     bad = b'{"executionId":"%s","metrics":[{"name":"training_loss","value":NaN,"step":0}]}'
-    redis.Redis.from_url(redis_url).xadd(Keys().events, {"resource": bad % execution.encode()})
+    sync_client(redis_url).xadd(Keys().events, {"resource": bad % execution.encode()})
 
 
 def _summary(api_url: str, executions: list[str], expected: int) -> int:
@@ -158,8 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_training(args: argparse.Namespace, redis_url: str, api_url: str) -> bool:
-    import redis  # noqa: PLC0415
-
+    from metricrelay.connection import sync_client  # noqa: PLC0415
     from metricrelay.demo_training import Training  # noqa: PLC0415
     from metricrelay.keys import Keys  # noqa: PLC0415
 
@@ -179,7 +176,7 @@ def _run_training(args: argparse.Namespace, redis_url: str, api_url: str) -> boo
         emitter.close()
     progress.show(training.logged, final=True)
     stored = _summary(api_url, executions, training.logged)
-    rows: Any = redis.Redis.from_url(redis_url).xrange(Keys().dead)
+    rows: Any = sync_client(redis_url).xrange(Keys().dead)
     dead = [fields[b"reason"].decode() for _, fields in rows]
     print(f"dead letters: {dead} (one bad entry was sent on purpose)")
     print(f"done in {time.monotonic() - started:.1f}s")

@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     fields = {"redis_url": args.redis_url, "prefix": args.prefix, "shards": args.shards}
     fields |= {"resource_group": args.resource_group, "cluster": args.cluster}
     settings = Settings.from_sources({k: v for k, v in fields.items() if v is not None})
-    client = sync_client(settings.redis_url, cluster=settings.cluster)
+    client = sync_client(
+        settings.redis_url, cluster=settings.cluster, timeout=settings.redis_timeout
+    )
     keys = settings.keys()
     events = events_pattern([keys])
     packer = _Packer(settings.resource_group)

@@ -49,7 +49,9 @@ async def serve_ingest(args: argparse.Namespace, ready: asyncio.Event | None = N
     fields = {"redis_url": args.redis_url, "prefix": args.prefix, "shards": args.shards}
     fields |= {"resource_group": args.resource_group, "cluster": args.cluster}
     settings = Settings.from_sources({k: v for k, v in fields.items() if v is not None})
-    client = async_client(settings.redis_url, cluster=settings.cluster)
+    client = async_client(
+        settings.redis_url, cluster=settings.cluster, timeout=settings.redis_timeout
+    )
     config = IngestConfig(settings.keys(), settings.resource_group, args.max_body_bytes)
     runner = web.AppRunner(build_ingest_app(client, config), access_log=None)
     await runner.setup()

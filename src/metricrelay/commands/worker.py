@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 # flag → settings field; each also comes from METRICRELAY_<FIELD> (CONTRACT.md §2.3)
 _FLAGS: tuple[tuple[str, str, type], ...] = (
     ("--redis-url", "redis_url", str),
+    ("--redis-timeout", "redis_timeout", float),
     ("--prefix", "prefix", str),
     ("--shards", "shards", int),
     ("--only-shards", "only_shards", str),
