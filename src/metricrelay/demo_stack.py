@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 __all__ = ["ChildProcess", "start_api", "start_worker"]
 
@@ -71,6 +71,16 @@ class ChildProcess:
                 break
             time.sleep(0.05)  # a child process starting: poll its log with a deadline
         raise RuntimeError(f"{self.name} did not start; see {self.log_path}")
+
+
+# Worker settings for test runs that must take seconds: short linger, block, budget and timeouts.
+QUICK_WORKER_ENV: Final = {
+    "METRICRELAY_LINGER": "0.05",
+    "METRICRELAY_BLOCK_MS": "50",
+    "METRICRELAY_RETRY_BUDGET": "2",
+    "METRICRELAY_REQUEST_TIMEOUT": "2",
+    "METRICRELAY_RETRY_AFTER_CAP": "0.2",
+}
 
 
 def _clean_env() -> dict[str, str]:

@@ -12,17 +12,12 @@ from typing import Any
 import orjson
 
 from metricrelay import Emitter
+from metricrelay.demo_stack import QUICK_WORKER_ENV
 from metricrelay.embedded import free_port
 
 KEYS_DEAD = "metricrelay:dead"
 SCALE = int(os.environ.get("METRICRELAY_CHAOS_SCALE", "1"))  # make chaos: 10
-QUICK = {
-    "METRICRELAY_LINGER": "0.05",
-    "METRICRELAY_BLOCK_MS": "50",
-    "METRICRELAY_RETRY_BUDGET": "2",
-    "METRICRELAY_REQUEST_TIMEOUT": "2",
-    "METRICRELAY_RETRY_AFTER_CAP": "0.2",
-}
+QUICK = dict(QUICK_WORKER_ENV)  # seconds, not minutes, per run
 
 
 def burst(stack: Any, timeout: float = 180, **env: str) -> None:

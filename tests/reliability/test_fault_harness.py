@@ -39,7 +39,7 @@ import orjson
 import pytest
 import redis
 
-from metricrelay.demo_stack import DEMO_TOKEN, ChildProcess, start_worker
+from metricrelay.demo_stack import DEMO_TOKEN, QUICK_WORKER_ENV, ChildProcess, start_worker
 from metricrelay.faultproxy import FaultConfig, FaultProxy
 from metricrelay.keys import Keys
 
@@ -56,14 +56,7 @@ def _seeds() -> list[int]:
 
 
 SEEDS = _seeds()
-# test_chaos.py's QUICK: short linger, block, budget and timeouts, so that a run takes seconds.
-QUICK = {
-    "METRICRELAY_LINGER": "0.05",
-    "METRICRELAY_BLOCK_MS": "50",
-    "METRICRELAY_RETRY_BUDGET": "2",
-    "METRICRELAY_REQUEST_TIMEOUT": "2",
-    "METRICRELAY_RETRY_AFTER_CAP": "0.2",
-}
+QUICK = dict(QUICK_WORKER_ENV)  # seconds, not minutes, per run
 DRAIN_DEADLINE_S = 5.0
 WORKER_ENV = {
     **QUICK,
