@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from metricrelay.observability import WorkerMetrics
 from metricrelay.stray import find_stray, waiting
 from metricrelay.stream import GroupInfo
+from metricrelay.tasks import cancel_until_done
 
 __all__ = ["Endpoints", "ProbeConfig"]
 
@@ -81,11 +82,7 @@ class Endpoints:
         log.info("metrics and probes on http://%s:%d", self.config.host, self.port)
 
     async def close(self) -> None:
-        pending = set(self._tasks)
-        while pending:  # again until they end: a library may swallow one cancellation
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.5)
+        await cancel_until_done(self._tasks)
         self._tasks = []
         if self._runner is not None:
             await self._runner.cleanup()

@@ -26,7 +26,7 @@ from metricrelay.entries import MemoryBudget
 from metricrelay.errors import AuthError
 from metricrelay.keys import ShardKeys
 from metricrelay.leases import Leases
-from metricrelay.retry import redis_full, redis_transient
+from metricrelay.retry import FullWatch, redis_transient
 from metricrelay.stream import GroupInfo, read_group_info
 from metricrelay.worker import Worker
 
@@ -106,7 +106,7 @@ class Fleet:
         self._burst = False
         self._beaten = False
         self._workers = 1  # live workers at the last beat that got through
-        self._redis_full_since: float | None = None
+        self.full = FullWatch(clock)  # the fleet's own calls (leases, beats)
         self._offset = zlib.crc32(leases.me.encode())  # workers search from different shards
 
     # ------------------------------------------------------------------ what observers read
@@ -142,7 +142,7 @@ class Fleet:
     def redis_full_since(self) -> float | None:
         """Since when Redis refuses writes for lack of memory (this fleet's or a shard's)."""
         times = [o.worker.redis_full_since for o in self.owned.values()]
-        known = [t for t in (self._redis_full_since, *times) if t is not None]
+        known = [t for t in (self.full.since, *times) if t is not None]
         return min(known) if known else None
 
     async def group_info(self) -> GroupInfo | None:
@@ -169,7 +169,7 @@ class Fleet:
                     await self._rebalance(burst)
                     if burst and not self.owned and await self._all_empty():
                         break
-                    self._redis_full_since = None
+                    self.full.ok()
                 except Exception as exc:
                     if not redis_transient(exc):
                         raise
@@ -184,12 +184,9 @@ class Fleet:
             raise self.fatal
 
     def _redis_failed(self, exc: Exception, what: str) -> None:
-        if not redis_full(exc):
+        self.full.failed(exc, what)
+        if self.full.since is None:
             log.warning("redis unavailable while %s (%s)", what, exc)
-            return
-        if self._redis_full_since is None:
-            self._redis_full_since = self.clock()
-        log.error("redis is full (maxmemory reached) while %s: %s; retrying", what, exc)
 
     def _eligible(self) -> list[ShardKeys]:
         shards = list(self.shards.old)

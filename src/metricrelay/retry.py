@@ -27,6 +27,7 @@ from metricrelay.errors import MetricRelayError, RetriesExhausted
 
 __all__ = [
     "REDIS_BACKOFF",
+    "FullWatch",
     "RetryPolicy",
     "call_with_retry",
     "parse_retry_after",
@@ -256,3 +257,28 @@ def until_done_sync(
                 "redis %s while %s (%s); retrying in %.1fs", _describe(error), what, error, delay
             )
         sleep(delay)
+
+
+class FullWatch:
+    """Since when Redis refuses writes for lack of memory (None: it does not), for ``/readyz``
+    and ``status``; says so once in the log when it starts."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.since: float | None = None
+
+    def failed(self, error: BaseException, what: str) -> None:
+        """A Redis call failed: full if ``error`` says so, else not known to be full."""
+        if not redis_full(error):
+            self.since = None
+        elif self.since is None:
+            self.since = self.clock()
+            log.error(
+                "redis is full (maxmemory reached) while %s: nothing can be acknowledged or "
+                "dead-lettered until memory is freed; retrying",
+                what,
+            )
+
+    def ok(self) -> None:
+        """A Redis write went through."""
+        self.since = None

@@ -14,13 +14,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from metricrelay.batching import Body
+from metricrelay.tasks import cancel_until_done
 
 __all__ = ["KeyedScheduler"]
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-_CANCEL_CHECK_S = 0.5
 
 
 class KeyedScheduler:
@@ -92,13 +92,7 @@ class KeyedScheduler:
         self._closed = True
         self._queues.clear()
         self._waiting.clear()
-        pending = set(self._tasks.values())
-        while pending:
-            # Again and again: Python 3.11's asyncio.timeout (inside aiohttp and redis-py) can
-            # swallow a cancellation that lands as its own deadline passes.
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=_CANCEL_CHECK_S)
+        await cancel_until_done(self._tasks.values())
         self._tasks.clear()
         self._idle.set()
 

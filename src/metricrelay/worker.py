@@ -26,7 +26,7 @@ from metricrelay.errors import AuthError
 from metricrelay.intake import RouteCheck, decode
 from metricrelay.keys import ShardKeys
 from metricrelay.progress import ack_with_progress
-from metricrelay.retry import REDIS_BACKOFF, redis_full, redis_transient, until_done
+from metricrelay.retry import REDIS_BACKOFF, FullWatch, redis_transient, until_done
 from metricrelay.scheduler import KeyedScheduler
 from metricrelay.stream import Entry, EventStream
 from metricrelay.tally import Tally, body_tally
@@ -34,7 +34,7 @@ from metricrelay.tally import Tally, body_tally
 if TYPE_CHECKING:
     from metricrelay.observability import WorkerMetrics
 
-__all__ = ["MemoryBudget", "Worker", "WorkerConfig"]
+__all__ = ["Worker", "WorkerConfig"]
 
 T = TypeVar("T")
 
@@ -101,8 +101,9 @@ class Worker:
         # Entries may be pending under this consumer that it does not hold: a read or claim
         # whose reply was lost, or this consumer's work before a restart. Until they are taken
         # back, nothing newer is read (they would land after it).
-        self._unsure = True
-        self._lost_reply = False  # _unsure because of a failed call (not a start)
+        # "start", or "lost reply" after a failed call (then reading them back is no delivery
+        # that failed, and does not count); None once taken back.
+        self._recover: str | None = "start"
         keys = stream.keys
         self._route_check = (
             RouteCheck(keys, lambda: self.count(Tally.ENTRIES_MISROUTED))
@@ -112,9 +113,13 @@ class Worker:
         self._next_handover = 0.0
         self._rng = random.Random()
         self.fatal: AuthError | None = None  # why the worker stopped on its own, if it did
-        self.redis_full_since: float | None = None  # Redis refused a write for lack of memory
+        self.full = FullWatch(clock)  # whether Redis refuses writes for lack of memory
         self.stats: dict[str, int] = {}
         self.metrics = metrics  # when given, it sees every count (Prometheus, observability.py)
+
+    @property
+    def redis_full_since(self) -> float | None:
+        return self.full.since
 
     @property
     def budget(self) -> MemoryBudget:
@@ -232,7 +237,7 @@ class Worker:
             except Exception as exc:  # transient: keep what is held; go on once Redis is back
                 if not redis_transient(exc):
                     raise
-                self._unsure = self._lost_reply = True  # a read may have given us entries
+                self._recover = "lost reply"  # a read may have given us entries
                 self._redis_failed(exc)
                 delay = REDIS_BACKOFF.delay(failures, self._rng)
                 failures += 1
@@ -246,7 +251,7 @@ class Worker:
     async def _redis(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """A Redis write retried until it succeeds (retry.py); tells readiness when it did."""
         result = await until_done(operation, what, on_error=self._redis_failed)
-        self.redis_full_since = None
+        self.full.ok()
         self._still_holding()
         return result
 
@@ -259,15 +264,7 @@ class Worker:
 
     def _redis_failed(self, error: BaseException) -> None:
         self.count(Tally.REDIS_ERRORS)
-        if redis_full(error):
-            if self.redis_full_since is None:
-                log.error(
-                    "redis is full (maxmemory reached): nothing can be acknowledged or "
-                    "dead-lettered until memory is freed; retrying"
-                )
-                self.redis_full_since = self.clock()
-        else:
-            self.redis_full_since = None
+        self.full.failed(error, f"working on {self.stream.keys.events}")
 
     async def _housekeeping(self, next_reclaim: float, next_trim: float) -> tuple[float, float]:
         """Heartbeat and reclaim, trim and prune, each when due; the next times they are due."""
@@ -290,7 +287,7 @@ class Worker:
                 async with asyncio.timeout(self._wait_seconds()):
                     await self.budget.room.wait()
             return None
-        if self._unsure:
+        if self._recover is not None:
             await self._recover_own()
         if not self._handed_over and not await self._take_over():
             with contextlib.suppress(TimeoutError):
@@ -343,8 +340,9 @@ class Worker:
         done: list[str] = []
         now = self.clock()
         book = self.book
+        deliveries = deliveries or {}
         for entry in entries:
-            if not book.admit(entry.id, entry.size, (deliveries or {}).get(entry.id, 1)):
+            if not book.admit(entry.id, entry.size, deliveries.get(entry.id, 1)):
                 continue  # held already (claimed back while this worker still works on it)
             fragment, invalid = decode(entry, self.config.default_resource_group)
             for letter in invalid:
@@ -390,7 +388,7 @@ class Worker:
 
     async def _recover_own(self) -> None:
         """Take back, in stream order, the entries pending under this consumer that it does
-        not hold (see ``_unsure``), before anything newer is read."""
+        not hold (see ``_recover``), before anything newer is read."""
         after = "0-0"
         while True:
             entries = await self.stream.read(self.config.read_count, None, after)
@@ -401,13 +399,13 @@ class Worker:
             unknown = [entry for entry in entries if entry.id not in self.book]
             if unknown:
                 counts = await self.stream.delivery_counts([entry.id for entry in unknown])
-                if self._lost_reply:  # reading them again was no delivery that failed
+                if self._recover == "lost reply":  # reading them again was no failed delivery
+                    await self.stream.let_go(counts)  # sets each count one back
                     counts = {i: max(1, n - 1) for i, n in counts.items()}
-                    await self.stream.let_go({i: n + 1 for i, n in counts.items()})
                 self._still_holding()
                 log.info("took back %d entries pending under this consumer", len(unknown))
                 await self._take_back([(e, counts.get(e.id, 1)) for e in unknown])
-        self._unsure = self._lost_reply = False
+        self._recover = None
 
     async def _reclaim(self, min_idle_ms: int | None = None) -> None:
         """Take over entries of dead consumers; poison what keeps coming back."""

@@ -37,6 +37,15 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> 
         await asyncio.sleep(0.02)
 
 
+async def in_flight(worker: Any, deliveries: int) -> None:
+    """Until the worker has that many deliveries under way (the API holds them)."""
+
+    async def busy() -> bool:
+        return bool(worker.in_flight == deliveries)
+
+    await until(busy)
+
+
 def point(execution: str, step: int, **extra: Any) -> bytes:
     metric = {"name": "loss", "value": 0.5, "step": step}
     return orjson.dumps({"executionId": execution, "metrics": [metric], **extra})
@@ -58,10 +67,7 @@ async def test_1_a_lost_lease_gives_every_held_byte_back_to_the_budget(
         worker = await open_shard_worker(settings_for(redis_server, scripted_api.url), stack)
         run = asyncio.create_task(worker.run(asyncio.Event()))
 
-        async def busy() -> bool:
-            return worker.in_flight == 8
-
-        await until(busy)
+        await in_flight(worker, 8)
         assert worker.held_bytes > 0
         await worker.abandon()  # the fleet lost the lease
         assert worker.held_bytes == 0 and worker.budget.room.is_set()
@@ -106,10 +112,7 @@ async def test_2_an_unexpected_error_stops_deliveries_and_lets_go_before_it_esca
         worker = await open_shard_worker(settings, stack)
         run = asyncio.create_task(worker.run(asyncio.Event()))
 
-        async def busy() -> bool:
-            return worker.in_flight == 4
-
-        await until(busy)
+        await in_flight(worker, 4)
 
         async def broken(*args: Any, **kwargs: Any) -> int:
             raise RuntimeError("a bug in housekeeping")
