@@ -37,9 +37,9 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(BIN)/python -m bench worker --full
 
-# The reliability suite at ten times the size `make test` runs it at.
+# The reliability suite and the cluster fault harness at ten times the size `make test` runs.
 chaos: $(STAMP)
-	METRICRELAY_CHAOS_SCALE=10 $(BIN)/python -m pytest -q tests/reliability
+	METRICRELAY_CHAOS_SCALE=10 $(BIN)/python -m pytest -q tests/reliability tests/cluster/test_cluster_fault_harness.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist .demo

@@ -29,6 +29,7 @@ from metricrelay.connection import (
 )
 from metricrelay.embedded import RedisServer
 from metricrelay.errors import ConfigError
+from metricrelay.faultproxy import FaultConfig, FaultProxy
 from metricrelay.settings import BLOCK_MARGIN_S, Settings
 
 
@@ -226,3 +227,33 @@ async def test_connections_the_server_closed_are_replaced_before_use() -> None:
             assert await asyncio.gather(*(client.ping() for _ in range(3))) == [True] * 3
         finally:
             await client.aclose()
+
+
+async def test_an_asyncio_command_whose_reply_is_lost_is_not_sent_again() -> None:
+    """The server applied XREADGROUP ``>`` and the connection broke before its reply: the
+    caller gets the error and the read happened once. (A repeat would hand this consumer entries
+    nobody knows of, as redis-py's cluster client did by default: the test below.)"""
+    with RedisServer() as server:
+        setup = sync_client(server.url)
+        for step in range(5):
+            setup.xadd("events", {"step": step})
+        setup.xgroup_create("events", "group", id="0")
+        lost = FaultConfig(reset_after=1.0, only=("XREADGROUP",))
+        with FaultProxy("127.0.0.1", server.port, lost, seed=1) as proxy:
+            client = async_client(proxy.url)
+            try:
+                with pytest.raises(redis_exceptions.ConnectionError):
+                    await client.xreadgroup("group", "me", {"events": ">"}, count=1)
+            finally:
+                await client.aclose()
+        assert setup.xpending("events", "group")["pending"] == 1  # one read, not four
+        setup.close()
+
+
+def test_an_asyncio_cluster_client_sends_each_command_once() -> None:
+    """redis-py's RedisCluster repeats a command (3 times by default) after a connection error
+    or timeout on its node; during a failover that repeated XREADGROUP ``>`` on the promoted
+    replica after the dead master had applied it (tests/cluster/test_cluster_fault_harness.py
+    found the entries it skipped delivered last)."""
+    client = async_client("redis+cluster://127.0.0.1:1")  # nothing connects yet
+    assert client.retry.get_retries() == 0

@@ -6,6 +6,13 @@ MOVED and ASK redirections, and re-learns the map when a node fails and a replic
 A cluster URL may name several nodes, ``redis+cluster://:pw@h1:7000,h2:7000,h3:7000``: a client
 that starts while one of them is down still finds the cluster through the others.
 
+An asyncio client sends each command once. redis-py (8.x) by default sends a command again,
+up to three times, when its connection fails or its reply times out — also when the server had
+applied it and only the reply was lost. For XREADGROUP ``>`` or XAUTOCLAIM that hands entries to
+this consumer that nobody knows of, while the repeat reads the ones after them: those were
+delivered after later ones (seen on a cluster failover). The worker retries itself, knowing
+which commands are safe to repeat and which reply it must look for first (``worker.py``).
+
 Every client gets a connect and a reply timeout (``timeout``, :data:`DEFAULT_TIMEOUT` unless
 told): a reply that never comes (a node killed mid-command, a half-open connection after a
 failover) raises :class:`redis.exceptions.TimeoutError` instead of blocking its caller for ever.
@@ -25,6 +32,8 @@ import redis.asyncio.cluster as async_cluster
 import redis.asyncio.connection as async_connection
 import redis.cluster as sync_cluster
 from redis import exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -164,6 +173,7 @@ def async_client(
     ``socket_connect_timeout`` among ``options`` win over it.
     """
     _with_timeouts(options, timeout)
+    options.setdefault("retry", Retry(NoBackoff(), 0))  # sent once: see the module's docstring
     if is_cluster(url, cluster):
         first, nodes = startup_nodes(url)
         more = [async_cluster.ClusterNode(host, port) for host, port in nodes[1:]]

@@ -385,11 +385,14 @@ class RedisClusterServer:
         self._wait_whole(max(0.0, deadline - time.monotonic()), replicas=False)
         return winner
 
-    def move_slot_of(self, key: str, target: ClusterNode, *, batch: int = 10) -> int:
+    def move_slot_of(
+        self, key: str, target: ClusterNode, *, batch: int = 10, pause: float = 0.0
+    ) -> int:
         """Migrate the slot of ``key`` to the master ``target``, as ``redis-cli --cluster
-        reshard`` does: IMPORTING and MIGRATING, then MIGRATE of its keys ``batch`` at a time
-        (meanwhile clients get ASK for keys already moved), then SETSLOT NODE on every master
-        (from then on, MOVED). Returns the slot."""
+        reshard`` does: IMPORTING and MIGRATING, then MIGRATE of its keys ``batch`` at a time,
+        ``pause`` seconds apart (meanwhile clients get ASK for keys already moved, TRYAGAIN for
+        commands on keys on both sides), then SETSLOT NODE on every master (from then on,
+        MOVED). Returns the slot."""
         source = self.master_of_key(key)
         if source is target:
             raise ValueError(f"{key!r} is on {target} already")
@@ -404,6 +407,7 @@ class RedisClusterServer:
                 break
             client: Any = source.client  # execute_command is untyped in redis-py
             client.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys)
+            time.sleep(pause)  # holds the slot half-moved, as a large reshard does
         for master in self.masters():
             master.client.cluster("setslot", slot, "node", target_id)
         return slot

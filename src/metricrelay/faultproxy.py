@@ -129,6 +129,7 @@ class FaultConfig:
     slow: float = 0.0
     stall: float = 0.0
     errors: tuple[str, ...] = tuple(ERRORS)  # which errors ``error`` picks from
+    only: tuple[str, ...] = ()  # the commands faults may hit (upper case); empty: every one
     slow_max_s: float = 0.5
     stall_s: float = 10.0
 
@@ -180,6 +181,8 @@ class Decider:
                 break
         if kind is Kind.OOM_WRITES and not denies_oom(args):
             kind = Kind.PASS
+        if config.only and (not args or args[0].upper().decode() not in config.only):
+            kind = Kind.PASS  # drawn all the same, so the faults that follow do not shift
         # Redis answers a command queued in MULTI with an error and then aborts EXEC; answering
         # in its place would let EXEC run the rest, a thing Redis never does.
         if in_transaction and kind in (Kind.ERROR, Kind.OOM_WRITES):

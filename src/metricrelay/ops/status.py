@@ -227,10 +227,19 @@ async def _undelivered_backlog(
         more = bool(await redis.xrange(keys.events, start, "+", count=1))
     status.backlog_scanned += read
     status.backlog_capped = status.backlog_capped or more
-    if status.lag_source == "scan":
-        status.lag = read
-        if more:
-            status.lag_source = "scan_capped"  # a lower bound: the scan stopped at its budget
+    if status.lag_source == "no_group" or _redis_agrees(status.lag_source, status.lag, read, more):
+        return
+    # Redis could not count (None), or its count contradicts the scan: Redis 7.0 was seen to
+    # report a lag of 14 with no entry after the group's last-delivered id, after slot
+    # migrations and a failover on a cluster.
+    status.lag = read
+    status.lag_source = "scan_capped" if more else "scan"  # capped: a lower bound
+
+
+def _redis_agrees(source: LagSource, lag: int, read: int, more: bool) -> bool:
+    """Whether XINFO's lag fits the scan that read ``read`` undelivered entries (``more``:
+    it stopped at its budget with entries left)."""
+    return source == "redis" and (lag >= read if more else lag == read)
 
 
 async def _dead(redis: Any, keys: StreamKeys, status: Status, limit: int) -> None:
