@@ -57,9 +57,9 @@ from bench.worker import (
     write_results,
 )
 from metricrelay.connection import async_client, sync_client
-from metricrelay.embedded_cluster import RedisClusterServer
-from metricrelay.fleet import shard_has_work
+from metricrelay.devtools.embedded_cluster import RedisClusterServer
 from metricrelay.keys import Keys, ShardKeys
+from metricrelay.relay.fleet import shard_has_work
 
 RESULTS = Path(__file__).parent / "results" / "cluster.json"
 SHARDS = 8

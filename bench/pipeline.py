@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from metricrelay.batching import Coalescer
 from metricrelay.codec import EncodedFragment, decode_entry
+from metricrelay.relay.batching import Coalescer
 
 RESULTS = Path(__file__).parent / "results" / "pipeline.json"
 RUNS = 5

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from metricrelay import Emitter
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 
 RESULTS = Path(__file__).parent / "results" / "producer.json"
 RUNS = 3

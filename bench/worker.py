@@ -45,7 +45,7 @@ import orjson
 import redis
 import redis.asyncio as redis_asyncio
 
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 
 RESULTS = Path(__file__).parent / "results" / "worker.json"

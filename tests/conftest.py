@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as redis_asyncio
 
 from metricrelay.connection import async_client
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 
 
 @pytest.fixture(scope="session")

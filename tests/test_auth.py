@@ -14,7 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
-from metricrelay.auth import (
+from metricrelay.errors import AuthError, AuthUnavailable, ConfigError
+from metricrelay.relay.auth import (
     DEFAULT_LIFETIME_S,
     REFRESH_FRACTION,
     FixedToken,
@@ -23,7 +24,6 @@ from metricrelay.auth import (
     TokenProvider,
     build_token_provider,
 )
-from metricrelay.errors import AuthError, AuthUnavailable, ConfigError
 from metricrelay.retry import RetryPolicy, call_with_retry
 from metricrelay.settings import Settings
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from metricrelay.batching import Body, CloseReason, Coalescer, Limits
 from metricrelay.codec import EncodedFragment
-from metricrelay.entries import EntryBook
 from metricrelay.models import MAX_CUSTOM_INFO_BYTES
+from metricrelay.relay.batching import Body, CloseReason, Coalescer, Limits
+from metricrelay.relay.entries import EntryBook
 
 
 def frag(

@@ -9,9 +9,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metricrelay.batching import Body, Coalescer, Limits, Rejected
 from metricrelay.codec import EncodedFragment
 from metricrelay.models import MAX_CUSTOM_INFO_BYTES
+from metricrelay.relay.batching import Body, Coalescer, Limits, Rejected
 
 EXECUTIONS = [
     ("default", "exec-a"),

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 
 from metricrelay.connection import async_client
-from metricrelay.embedded import RedisServer
-from metricrelay.endpoints import Endpoints, ProbeConfig
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
-from metricrelay.observability import WorkerMetrics
-from metricrelay.stream import GroupInfo
+from metricrelay.relay.endpoints import Endpoints, ProbeConfig
+from metricrelay.relay.observability import WorkerMetrics
+from metricrelay.relay.stream import GroupInfo
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "metricrelay"
 

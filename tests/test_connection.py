@@ -27,9 +27,9 @@ from metricrelay.connection import (
     startup_nodes,
     sync_client,
 )
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
+from metricrelay.devtools.faultproxy import FaultConfig, FaultProxy
 from metricrelay.errors import ConfigError
-from metricrelay.faultproxy import FaultConfig, FaultProxy
 from metricrelay.settings import BLOCK_MARGIN_S, Settings
 
 

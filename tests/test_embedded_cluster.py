@@ -11,8 +11,8 @@ import pytest
 from redis.cluster import ClusterNode as StartupNode
 from redis.cluster import RedisCluster
 
-from metricrelay import embedded_cluster
-from metricrelay.embedded_cluster import SLOTS, ClusterNode, RedisClusterServer
+from metricrelay.devtools import embedded_cluster
+from metricrelay.devtools.embedded_cluster import SLOTS, ClusterNode, RedisClusterServer
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from metricrelay.embedded import RedisServer
-from metricrelay.faultproxy import (
+from metricrelay.devtools.embedded import RedisServer
+from metricrelay.devtools.faultproxy import (
     ERRORS,
     Decider,
     FaultConfig,
@@ -22,7 +22,7 @@ from metricrelay.faultproxy import (
     Kind,
     denies_oom,
 )
-from metricrelay.resp import ProtocolError, ReplyScanner, parse_request
+from metricrelay.devtools.resp import ProtocolError, ReplyScanner, parse_request
 
 # Complete replies of every RESP2/RESP3 type, nested ones and nulls included.
 REPLIES = [

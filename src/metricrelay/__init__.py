@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from metricrelay.points import PointError
-from metricrelay.producer import AsyncEmitter, BufferFull, Emitter
+from metricrelay.producer.emitter import AsyncEmitter, BufferFull, Emitter
+from metricrelay.producer.points import PointError
 
 __all__ = ["AsyncEmitter", "BufferFull", "Emitter", "PointError", "__version__"]

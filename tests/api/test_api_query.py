@@ -6,7 +6,7 @@ from urllib.parse import quote
 
 import pytest
 
-from metricrelay.api.errors import ApiError
+from metricrelay.aiapi.errors import ApiError
 from metricrelay.api.query import TagFilter, parse_filter, parse_select, parse_tag_filters
 
 RUNS = {

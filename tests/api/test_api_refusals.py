@@ -7,7 +7,7 @@ import base64
 import orjson
 import pytest
 
-from metricrelay.api.errors import CODE_NOT_FOUND, CODE_PAYLOAD_LIMIT
+from metricrelay.aiapi.errors import CODE_NOT_FOUND, CODE_PAYLOAD_LIMIT
 
 MB = 1_000_000
 

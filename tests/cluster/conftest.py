@@ -27,8 +27,8 @@ import pytest
 import redis.cluster
 
 from metricrelay.connection import REDIS_UNAVAILABLE, sync_client
-from metricrelay.demo_stack import DEMO_TOKEN, ChildProcess, start_api, start_worker
-from metricrelay.embedded_cluster import RedisClusterServer
+from metricrelay.devtools.demo_stack import DEMO_TOKEN, ChildProcess, start_api, start_worker
+from metricrelay.devtools.embedded_cluster import RedisClusterServer
 from metricrelay.keys import Keys, ShardKeys
 
 Identity = tuple[str, int]  # (execution, step): one metric name, no labels

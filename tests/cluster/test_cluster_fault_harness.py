@@ -28,8 +28,8 @@ from collections import Counter
 
 import pytest
 
-from metricrelay.demo_stack import QUICK_WORKER_ENV, start_api
-from metricrelay.embedded_cluster import ClusterNode
+from metricrelay.devtools.demo_stack import QUICK_WORKER_ENV, start_api
+from metricrelay.devtools.embedded_cluster import ClusterNode
 
 from .conftest import ClusterStack, Written, assert_ledger
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from metricrelay.producer import Emitter
+from metricrelay.producer.emitter import Emitter
 
 from .conftest import ClusterStack
 

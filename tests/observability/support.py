@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from metricrelay.endpoints import Endpoints
-from metricrelay.service import open_endpoints, open_shard_worker, probe_config
+from metricrelay.relay.endpoints import Endpoints
+from metricrelay.relay.service import open_endpoints, open_shard_worker, probe_config
+from metricrelay.relay.worker import Worker
 from metricrelay.settings import Settings
-from metricrelay.worker import Worker
 
 
 def worker_settings(redis_url: str, **overrides: Any) -> Settings:

@@ -14,7 +14,7 @@ import redis.asyncio as redis_asyncio
 
 from metricrelay.api import ApiConfig
 from metricrelay.api.server import start_server
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 from metricrelay.logs import JsonFormatter
 
@@ -87,7 +87,7 @@ async def test_the_worker_logs_json_lines_with_batch_fields_and_no_token(
     assert code == 0, lines
     documents = [orjson.loads(line) for line in lines]  # every line is one JSON object
     assert documents and all({"time", "level", "logger", "message"} <= set(d) for d in documents)
-    batches = [d for d in documents if d["logger"] == "metricrelay.worker" and "points" in d]
+    batches = [d for d in documents if d["logger"] == "metricrelay.relay.worker" and "points" in d]
     assert sorted((d["execution_id"], d["points"], d["dead"]) for d in batches) == [
         ("exec-1", 4, 0),
         ("exec-2", 4, 0),

@@ -14,9 +14,9 @@ import redis.asyncio as redis_asyncio
 
 from metricrelay.api import ApiConfig, FaultConfig
 from metricrelay.api.server import start_server
-from metricrelay.embedded import RedisServer
-from metricrelay.endpoints import Endpoints
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
+from metricrelay.relay.endpoints import Endpoints
 
 from .support import open_observed_worker, scrape, until, worker_settings
 

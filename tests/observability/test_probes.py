@@ -11,11 +11,11 @@ import orjson
 import pytest
 import redis.asyncio as redis_asyncio
 
-from metricrelay.embedded import RedisServer
-from metricrelay.endpoints import Endpoints, ProbeConfig
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
-from metricrelay.observability import WorkerMetrics
-from metricrelay.stream import EventStream
+from metricrelay.relay.endpoints import Endpoints, ProbeConfig
+from metricrelay.relay.observability import WorkerMetrics
+from metricrelay.relay.stream import EventStream
 
 from .support import get, open_observed_worker, scrape, until, worker_settings
 

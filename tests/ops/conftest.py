@@ -12,7 +12,7 @@ import redis
 
 from metricrelay.cli import main
 from metricrelay.deadletter import DeadLetter, Reason
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 
 KEYS = Keys()

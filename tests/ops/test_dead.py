@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from metricrelay.deadletter import DeadLetter, Reason
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ import redis
 import yaml
 
 from metricrelay.connection import is_cluster, startup_nodes
-from metricrelay.embedded import RedisServer, find_redis_server
+from metricrelay.devtools.embedded import RedisServer, find_redis_server
 from metricrelay.keys import CONSUMER_GROUP
 from metricrelay.settings import ENV_PREFIX, Settings
 

@@ -12,12 +12,12 @@ import pytest
 import redis
 import redis.asyncio as redis_asyncio
 
-from metricrelay.batching import Limits
 from metricrelay.codec import decode_entry
 from metricrelay.deadletter import DeadLetter, Reason
 from metricrelay.ops.dead import DeadFilter, parse_bound
 from metricrelay.ops.replay import ReplayPlan, ReplaySummary, replay
 from metricrelay.ops.replay_lock import ReplayBusy, ReplayLock, ReplayLockLost
+from metricrelay.relay.batching import Limits
 from metricrelay.timestamps import from_epoch_ms
 
 pytestmark = pytest.mark.integration

@@ -10,11 +10,11 @@ import pytest
 import redis
 import redis.asyncio as redis_asyncio
 
-from metricrelay.batching import Limits
 from metricrelay.deadletter import DeadLetter, Reason
 from metricrelay.keys import Keys
 from metricrelay.ops.dead import DeadFilter
 from metricrelay.ops.replay import ReplayPlan, replay
+from metricrelay.relay.batching import Limits
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import redis
 import redis.asyncio as redis_asyncio
 
 from metricrelay.deadletter import Reason
-from metricrelay.embedded import RedisServer, free_port
+from metricrelay.devtools.embedded import RedisServer, free_port
 from metricrelay.keys import Keys
 from metricrelay.ops.status import gather
 

@@ -16,7 +16,7 @@ import pytest
 
 from metricrelay.api import ApiConfig
 from metricrelay.api.server import BackgroundServer
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 
 TOKEN = "producer-test-token"
 

@@ -8,9 +8,9 @@ import orjson
 import pytest
 import redis
 
-from metricrelay import compat
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
+from metricrelay.producer import compat
 
 
 def fragments(url: str) -> list[dict[str, object]]:

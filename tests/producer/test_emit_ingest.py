@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from metricrelay.api.server import BackgroundServer
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 
 KEYS = Keys()

@@ -17,7 +17,7 @@ import redis
 
 from metricrelay import AsyncEmitter, Emitter, PointError
 from metricrelay.api.server import BackgroundServer
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 
 KEYS = Keys()

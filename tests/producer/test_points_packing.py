@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from metricrelay.codec import decode_entry
-from metricrelay.packing import Named, pack
-from metricrelay.points import (
+from metricrelay.producer.packing import Named, pack
+from metricrelay.producer.points import (
     PointError,
     check_labels,
     check_metric_name,
@@ -72,7 +72,7 @@ def test_pack_respects_every_limit_and_the_worker_accepts_each_fragment() -> Non
 
 
 def test_emitter_settings_come_from_arguments_else_the_environment() -> None:
-    from metricrelay.producer import EmitterConfig  # noqa: PLC0415
+    from metricrelay.producer.emitter import EmitterConfig  # noqa: PLC0415
 
     env = {"AICORE_EXECUTION_ID": "aicore-exec", "AICORE_RESOURCE_GROUP": "rg-a"}
     config = EmitterConfig(env=env)

@@ -22,8 +22,8 @@ import orjson
 import pytest
 import redis
 
-from metricrelay.demo_stack import DEMO_TOKEN, ChildProcess, start_api, start_worker
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.demo_stack import DEMO_TOKEN, ChildProcess, start_api, start_worker
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 
 KEYS = Keys()

@@ -8,10 +8,10 @@ import random
 from contextlib import AsyncExitStack
 from typing import Any
 
-from metricrelay.demo_stack import DEMO_TOKEN
-from metricrelay.embedded import free_port
+from metricrelay.devtools.demo_stack import DEMO_TOKEN
+from metricrelay.devtools.embedded import free_port
 from metricrelay.keys import Keys
-from metricrelay.service import open_shard_worker
+from metricrelay.relay.service import open_shard_worker
 from metricrelay.settings import Settings
 
 KEYS = Keys()

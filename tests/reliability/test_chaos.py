@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 
 from metricrelay import Emitter
-from metricrelay.demo_stack import QUICK_WORKER_ENV
-from metricrelay.embedded import free_port
+from metricrelay.devtools.demo_stack import QUICK_WORKER_ENV
+from metricrelay.devtools.embedded import free_port
 
 KEYS_DEAD = "metricrelay:dead"
 SCALE = int(os.environ.get("METRICRELAY_CHAOS_SCALE", "1"))  # make chaos: 10

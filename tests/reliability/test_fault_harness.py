@@ -1,7 +1,8 @@
 """The seeded fault harness (issue 14): Redis faults, API faults, kills and a freeze; invariants.
 
 Three workers on the default configuration reach the private Redis through a
-:class:`~metricrelay.faultproxy.FaultProxy` (resets, Redis errors, OOM on writes, slow replies),
+:class:`~metricrelay.devtools.faultproxy.FaultProxy` (resets, Redis errors, OOM on writes, slow
+replies),
 the reference API injects 503s, 429s, resets after storing, 413s and 400s (for a name only it
 refuses), two workers are SIGKILLed and the proxy freezes Redis for longer than the lease TTL, all
 while a producer writes straight to Redis. Then the faults stop, the workers get SIGTERM, a burst
@@ -42,8 +43,8 @@ import orjson
 import pytest
 import redis
 
-from metricrelay.demo_stack import DEMO_TOKEN, QUICK_WORKER_ENV, ChildProcess, start_worker
-from metricrelay.faultproxy import FaultConfig, FaultProxy
+from metricrelay.devtools.demo_stack import DEMO_TOKEN, QUICK_WORKER_ENV, ChildProcess, start_worker
+from metricrelay.devtools.faultproxy import FaultConfig, FaultProxy
 from metricrelay.keys import Keys
 
 KEYS = Keys()

@@ -14,11 +14,11 @@ import pytest
 import redis
 from aiohttp import web
 
-from metricrelay.batching import Coalescer
 from metricrelay.codec import EncodedFragment
 from metricrelay.deadletter import Reason
-from metricrelay.dispatch import Dispatcher
-from metricrelay.embedded import find_redis_server, free_port
+from metricrelay.devtools.embedded import find_redis_server, free_port
+from metricrelay.relay.batching import Coalescer
+from metricrelay.relay.dispatch import Dispatcher
 from metricrelay.retry import RetryPolicy
 
 SECRET = "client-s3cret-9f8e7d"

@@ -10,10 +10,10 @@ import aiohttp
 import orjson
 import pytest
 
-from metricrelay.batching import Body, Coalescer, Limits
 from metricrelay.codec import EncodedFragment
 from metricrelay.deadletter import Reason
-from metricrelay.dispatch import Dispatcher
+from metricrelay.relay.batching import Body, Coalescer, Limits
+from metricrelay.relay.dispatch import Dispatcher
 from metricrelay.retry import RetryPolicy
 
 ScriptedApi = Any  # the fixture's class lives in conftest.py, which tests do not import

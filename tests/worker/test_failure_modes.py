@@ -15,12 +15,12 @@ import pytest
 import redis.asyncio as redis_asyncio
 
 from metricrelay.deadletter import Reason, read_dead_letters
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.errors import AuthError
 from metricrelay.keys import Keys
 from metricrelay.progress import ack_with_progress
-from metricrelay.service import open_shard_worker
-from metricrelay.stream import EventStream
+from metricrelay.relay.service import open_shard_worker
+from metricrelay.relay.stream import EventStream
 
 from .conftest import ScriptedApi
 from .test_worker import settings_for

@@ -14,10 +14,10 @@ import orjson
 import pytest
 import redis.asyncio as redis_asyncio
 
-from metricrelay.embedded import RedisServer
-from metricrelay.fleet import Fleet
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
-from metricrelay.service import open_worker
+from metricrelay.relay.fleet import Fleet
+from metricrelay.relay.service import open_worker
 
 from .test_worker import settings_for
 
@@ -333,7 +333,7 @@ async def test_a_shard_worker_that_crashes_is_started_again(
     scripted_api: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from metricrelay.stream import EventStream  # noqa: PLC0415
+    from metricrelay.relay.stream import EventStream  # noqa: PLC0415
 
     real_trim = EventStream.trim
     crashes = []

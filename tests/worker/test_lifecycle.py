@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import redis.asyncio as redis_asyncio
 
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 
 KEYS = Keys()

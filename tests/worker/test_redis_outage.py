@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import redis.asyncio as redis_asyncio
 
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
-from metricrelay.service import open_shard_worker
+from metricrelay.relay.service import open_shard_worker
 from metricrelay.settings import Settings
 
 KEYS = Keys()

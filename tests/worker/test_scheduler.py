@@ -6,9 +6,9 @@ import asyncio
 
 import orjson
 
-from metricrelay.batching import Body, Coalescer
 from metricrelay.codec import EncodedFragment
-from metricrelay.scheduler import KeyedScheduler
+from metricrelay.relay.batching import Body, Coalescer
+from metricrelay.relay.scheduler import KeyedScheduler
 
 
 def body(execution: str, n: int) -> Body:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis.asyncio as redis_asyncio
 
 from metricrelay.keys import Keys
-from metricrelay.stream import EventStream
+from metricrelay.relay.stream import EventStream
 
 KEYS = Keys()
 

@@ -17,11 +17,11 @@ import redis.asyncio as redis_asyncio
 from metricrelay.api import ApiConfig, FaultConfig
 from metricrelay.api.server import RunningServer, start_server
 from metricrelay.deadletter import Reason, read_dead_letters
-from metricrelay.embedded import RedisServer
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
-from metricrelay.service import open_shard_worker
+from metricrelay.relay.service import open_shard_worker
+from metricrelay.relay.worker import Worker
 from metricrelay.settings import Settings
-from metricrelay.worker import Worker
 
 KEYS = Keys()
 TOKEN = "reference-static-token"

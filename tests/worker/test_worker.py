@@ -12,12 +12,12 @@ import orjson
 import redis.asyncio as redis_asyncio
 
 from metricrelay.deadletter import Reason, read_dead_letters
-from metricrelay.embedded import RedisServer
-from metricrelay.entries import MemoryBudget
+from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
-from metricrelay.service import open_shard_worker
+from metricrelay.relay.entries import MemoryBudget
+from metricrelay.relay.service import open_shard_worker
+from metricrelay.relay.worker import Worker
 from metricrelay.settings import Settings
-from metricrelay.worker import Worker
 
 KEYS = Keys()
 LIMITS = {"metrics": 1000, "tags": 100, "customInfo": 100}

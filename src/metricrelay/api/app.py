@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from metricrelay.aiapi.errors import error_middleware
 from metricrelay.api.asyncstore import AsyncStore
 from metricrelay.api.config import ApiConfig
-from metricrelay.api.errors import error_middleware
 from metricrelay.api.faults import FaultInjector, fault_middleware
 from metricrelay.api.handlers import (
     STATE,

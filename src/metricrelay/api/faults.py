@@ -19,8 +19,8 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from metricrelay.aiapi.errors import ApiError, bad_request, payload_too_large
 from metricrelay.api.config import FaultConfig
-from metricrelay.api.errors import ApiError, bad_request, payload_too_large
 from metricrelay.api.stats import DroppedResponse, Stats
 from metricrelay.models import MetricResource
 

@@ -14,10 +14,10 @@ import orjson
 from aiohttp import web, web_urldispatcher
 
 from metricrelay import __version__
+from metricrelay.aiapi.body import check_content_type, parse_resource, read_body
+from metricrelay.aiapi.errors import bad_request, not_found, payload_too_large, render
 from metricrelay.api.asyncstore import AsyncStore
-from metricrelay.api.body import check_content_type, parse_resource, read_body
 from metricrelay.api.config import ApiConfig
-from metricrelay.api.errors import bad_request, not_found, payload_too_large, render
 from metricrelay.api.faults import FaultInjector
 from metricrelay.api.query import parse_delete, parse_query
 from metricrelay.api.stats import Stats

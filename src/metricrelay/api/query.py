@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import unquote
 
-from metricrelay.api.errors import ApiError, bad_request
+from metricrelay.aiapi.errors import ApiError, bad_request
 from metricrelay.codec import SECTIONS, Section
 from metricrelay.models import EXECUTION_ID_PATTERN
 

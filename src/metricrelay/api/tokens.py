@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_plus
 
-from metricrelay.api.errors import unauthorized
+from metricrelay.aiapi.errors import unauthorized
 
 __all__ = ["Grant", "OAuthError", "TokenIssuer"]
 

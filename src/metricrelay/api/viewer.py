@@ -9,7 +9,7 @@ from typing import Final
 import orjson
 from aiohttp import web
 
-from metricrelay.api.errors import bad_request
+from metricrelay.aiapi.errors import bad_request
 from metricrelay.api.handlers import STATE
 from metricrelay.models import RESOURCE_GROUP_PATTERN
 

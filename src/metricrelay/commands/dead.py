@@ -20,6 +20,7 @@ from metricrelay.commands._ops import (
     settings_or_exit,
 )
 from metricrelay.keys import ShardKeys
+from metricrelay.layout import dead_pattern, layouts, shards_in_play
 from metricrelay.ops.dead import (
     DeadFilter,
     DeadRecord,
@@ -30,7 +31,6 @@ from metricrelay.ops.dead import (
     purge_refs,
     record_json,
 )
-from metricrelay.ops.layout import dead_pattern, layouts, shards_in_play
 from metricrelay.ops.replay_lock import ReplayBusy, ReplayLock, default_holder
 from metricrelay.ops.table import format_table
 from metricrelay.settings import Settings

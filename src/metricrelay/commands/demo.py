@@ -107,7 +107,7 @@ def _poison(redis_url: str, execution: str) -> None:
 
 
 def _summary(api_url: str, executions: list[str], expected: int) -> int:
-    from metricrelay.demo_stack import DEMO_TOKEN  # noqa: PLC0415
+    from metricrelay.devtools.demo_stack import DEMO_TOKEN  # noqa: PLC0415
 
     print(f"\n{'execution':16} {'points':>7} {'ranks':>5} {'tags':>5}  customInfo")
     stored = 0
@@ -127,8 +127,8 @@ def _summary(api_url: str, executions: list[str], expected: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metricrelay.demo_stack import start_api, start_worker  # noqa: PLC0415
-    from metricrelay.embedded import RedisServer  # noqa: PLC0415
+    from metricrelay.devtools.demo_stack import start_api, start_worker  # noqa: PLC0415
+    from metricrelay.devtools.embedded import RedisServer  # noqa: PLC0415
 
     folder: Path = args.dir
     shutil.rmtree(folder, ignore_errors=True)
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_training(args: argparse.Namespace, redis_url: str, api_url: str) -> bool:
     from metricrelay.connection import sync_client  # noqa: PLC0415
-    from metricrelay.demo_training import Training  # noqa: PLC0415
+    from metricrelay.devtools.demo_training import Training  # noqa: PLC0415
     from metricrelay.keys import Keys  # noqa: PLC0415
 
     executions = [f"demo-run-{n:02d}" for n in range(args.executions)]

@@ -116,7 +116,7 @@ _ENVELOPE: Final = frozenset({"executionId", "resourceGroup"})
 
 def run(args: argparse.Namespace) -> int:
     from metricrelay.connection import sync_client  # noqa: PLC0415
-    from metricrelay.ops.layout import events_pattern  # noqa: PLC0415
+    from metricrelay.layout import events_pattern  # noqa: PLC0415
     from metricrelay.settings import Settings  # noqa: PLC0415
 
     fields = {"redis_url": args.redis_url, "prefix": args.prefix, "shards": args.shards}

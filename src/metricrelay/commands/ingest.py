@@ -42,8 +42,8 @@ async def serve_ingest(args: argparse.Namespace, ready: asyncio.Event | None = N
     from aiohttp import web  # noqa: PLC0415
 
     from metricrelay.connection import async_client  # noqa: PLC0415
-    from metricrelay.ingest import IngestConfig, build_ingest_app  # noqa: PLC0415
-    from metricrelay.ops.layout import events_pattern  # noqa: PLC0415
+    from metricrelay.layout import events_pattern  # noqa: PLC0415
+    from metricrelay.producer.ingest import IngestConfig, build_ingest_app  # noqa: PLC0415
     from metricrelay.settings import Settings  # noqa: PLC0415
 
     fields = {"redis_url": args.redis_url, "prefix": args.prefix, "shards": args.shards}

@@ -12,7 +12,6 @@ from typing import Any, Final
 import orjson
 from tqdm import tqdm
 
-from metricrelay.batching import Limits
 from metricrelay.commands._ops import (
     EXIT_ERROR,
     add_filter_flags,
@@ -22,10 +21,11 @@ from metricrelay.commands._ops import (
     settings_or_exit,
 )
 from metricrelay.keys import Keys, ShardKeys
+from metricrelay.layout import events_pattern, shards_in_play
 from metricrelay.ops.dead import DeadFilter
-from metricrelay.ops.layout import events_pattern, shards_in_play
 from metricrelay.ops.replay import ReplayPlan, ReplaySummary, replay
 from metricrelay.ops.replay_lock import ReplayBusy, ReplayLock, ReplayLockLost
+from metricrelay.relay.batching import Limits
 from metricrelay.settings import Settings
 from metricrelay.timestamps import format_utc
 

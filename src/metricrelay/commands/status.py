@@ -16,7 +16,7 @@ from metricrelay.commands._ops import (
     run_with_redis,
     settings_or_exit,
 )
-from metricrelay.ops.layout import (
+from metricrelay.layout import (
     dead_pattern,
     events_pattern,
     layouts,
@@ -26,8 +26,8 @@ from metricrelay.ops.layout import (
 from metricrelay.ops.status import redis_memory, to_json
 from metricrelay.ops.status_total import gather_all
 from metricrelay.ops.table import format_table
+from metricrelay.relay.stray import find_stray
 from metricrelay.settings import redact_url
-from metricrelay.stray import find_stray
 
 __all__ = ["EXIT_THRESHOLD", "register", "render", "run"]
 

@@ -77,7 +77,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metricrelay.service import run_worker  # noqa: PLC0415 - keeps --help fast
+    from metricrelay.relay.service import run_worker  # noqa: PLC0415 - keeps --help fast
 
     fields = [f for _, f, _ in _FLAGS] + ["cluster"]
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}

@@ -23,11 +23,11 @@ from typing import Any, Final
 
 from redis.asyncio.cluster import RedisCluster
 
-from metricrelay.batching import Coalescer, Limits
 from metricrelay.codec import decode_entry
 from metricrelay.deadletter import DeadLetter, Reason
 from metricrelay.keys import Keys, ShardKeys
 from metricrelay.ops.dead import DeadFilter, DeadRecord, DeadScan, id_key
+from metricrelay.relay.batching import Coalescer, Limits
 
 __all__ = ["ReplayPlan", "ReplaySummary", "destination", "plan_letter", "replay"]
 

@@ -25,7 +25,7 @@ from typing import Any, Final
 from redis.exceptions import RedisError
 
 from metricrelay.errors import MetricRelayError
-from metricrelay.leases import release_key, renew_key
+from metricrelay.relay.leases import release_key, renew_key
 from metricrelay.timestamps import format_utc
 
 __all__ = ["DEFAULT_TTL_S", "ReplayBusy", "ReplayLock", "ReplayLockLost", "default_holder"]

@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 from metricrelay.deadletter import Reason
 from metricrelay.keys import ShardKeys
 from metricrelay.ops.dead import StreamKeys, id_key, inspect_resource
-from metricrelay.stray import Stray
+from metricrelay.relay.stray import Stray
 from metricrelay.timestamps import format_utc
 
 __all__ = ["SCHEMA_VERSION", "Backlog", "Consumer", "Status", "exceeded", "gather", "to_json"]

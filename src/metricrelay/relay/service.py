@@ -17,21 +17,21 @@ from typing import Any
 
 import aiohttp
 
-from metricrelay.auth import TokenProvider, build_token_provider
-from metricrelay.batching import Coalescer, Limits
 from metricrelay.connection import async_client
-from metricrelay.dispatch import Dispatcher
-from metricrelay.endpoints import Endpoints, ProbeConfig
-from metricrelay.entries import EntryBook, MemoryBudget
-from metricrelay.fleet import Fleet, FleetShards
 from metricrelay.keys import Keys, ShardKeys, format_shard_list
-from metricrelay.leases import Leases
-from metricrelay.observability import WorkerMetrics
-from metricrelay.ops.layout import streams_in_play
+from metricrelay.layout import streams_in_play
+from metricrelay.relay.auth import TokenProvider, build_token_provider
+from metricrelay.relay.batching import Coalescer, Limits
+from metricrelay.relay.dispatch import Dispatcher
+from metricrelay.relay.endpoints import Endpoints, ProbeConfig
+from metricrelay.relay.entries import EntryBook, MemoryBudget
+from metricrelay.relay.fleet import Fleet, FleetShards
+from metricrelay.relay.leases import Leases
+from metricrelay.relay.observability import WorkerMetrics
+from metricrelay.relay.stream import EventStream
+from metricrelay.relay.worker import Worker, WorkerConfig
 from metricrelay.retry import RetryPolicy
 from metricrelay.settings import Settings
-from metricrelay.stream import EventStream
-from metricrelay.worker import Worker, WorkerConfig
 
 __all__ = [
     "metrics_url",

@@ -17,22 +17,22 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from metricrelay import outcome
-from metricrelay.batching import Body, Coalescer
 from metricrelay.deadletter import DeadLetter, Reason, write_dead_letters
-from metricrelay.dispatch import Dispatcher
-from metricrelay.entries import EntryBook, MemoryBudget
 from metricrelay.errors import AuthError
-from metricrelay.intake import RouteCheck, decode
 from metricrelay.keys import ShardKeys
 from metricrelay.progress import ack_with_progress
+from metricrelay.relay import outcome
+from metricrelay.relay.batching import Body, Coalescer
+from metricrelay.relay.dispatch import Dispatcher
+from metricrelay.relay.entries import EntryBook, MemoryBudget
+from metricrelay.relay.intake import RouteCheck, decode
+from metricrelay.relay.scheduler import KeyedScheduler
+from metricrelay.relay.stream import Entry, EventStream
+from metricrelay.relay.tally import Tally, body_tally
 from metricrelay.retry import REDIS_BACKOFF, FullWatch, redis_transient, until_done
-from metricrelay.scheduler import KeyedScheduler
-from metricrelay.stream import Entry, EventStream
-from metricrelay.tally import Tally, body_tally
 
 if TYPE_CHECKING:
-    from metricrelay.observability import WorkerMetrics
+    from metricrelay.relay.observability import WorkerMetrics
 
 __all__ = ["Worker", "WorkerConfig"]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from metricrelay.batching import Body
 from metricrelay.deadletter import DeadLetter
-from metricrelay.dispatch import Delivery
-from metricrelay.tally import Tally, dead_tally
+from metricrelay.relay.batching import Body
+from metricrelay.relay.dispatch import Delivery
+from metricrelay.relay.tally import Tally, dead_tally
 
 __all__ = ["dead_letters", "log_batch", "progress", "tally"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
-from metricrelay.batching import CloseReason
 from metricrelay.deadletter import Reason
+from metricrelay.relay.batching import CloseReason
 
 __all__ = ["Tally", "body_tally", "dead_tally"]
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from metricrelay.codec import EncodedFragment, decode_entry
 from metricrelay.deadletter import DeadLetter, Reason
 from metricrelay.keys import ShardKeys, shard_index
-from metricrelay.stream import Entry
+from metricrelay.relay.stream import Entry
 
 __all__ = ["RouteCheck", "decode"]
 

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Final, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
-from metricrelay.batching import CloseReason
 from metricrelay.deadletter import Reason
-from metricrelay.tally import Tally, body_tally, dead_tally
+from metricrelay.relay.batching import CloseReason
+from metricrelay.relay.tally import Tally, body_tally, dead_tally
 
 if TYPE_CHECKING:
-    from metricrelay.stream import GroupInfo
+    from metricrelay.relay.stream import GroupInfo
 
 
 class Watched(Protocol):

@@ -13,8 +13,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from metricrelay.batching import Body
-from metricrelay.tasks import cancel_until_done
+from metricrelay.relay.batching import Body
+from metricrelay.relay.tasks import cancel_until_done
 
 __all__ = ["KeyedScheduler"]
 

@@ -9,7 +9,7 @@ from typing import Any, Final
 import orjson
 
 from metricrelay.models import MAX_CUSTOM_INFO, MAX_CUSTOM_INFO_BYTES, MAX_METRICS, MAX_TAGS
-from metricrelay.points import Labels, format_ns
+from metricrelay.producer.points import Labels, format_ns
 
 __all__ = ["Marker", "Metric", "Named", "pack"]
 

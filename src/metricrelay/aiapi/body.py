@@ -10,7 +10,7 @@ import pydantic_core
 from aiohttp import web
 from pydantic import ValidationError
 
-from metricrelay.api.errors import ApiError, bad_request, payload_too_large
+from metricrelay.aiapi.errors import ApiError, bad_request, payload_too_large
 from metricrelay.codec import RESOURCE_ADAPTER, describe_error, format_path
 from metricrelay.models import (
     MAX_CUSTOM_INFO,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from metricrelay.producer import Emitter
+from metricrelay.producer.emitter import Emitter
 from metricrelay.progress import DeliveryReport
 
 __all__ = ["Tracking", "record_list_metric_values", "record_metric_value", "tracking"]

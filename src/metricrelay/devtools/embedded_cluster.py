@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from metricrelay.embedded import end_process, find_redis_server, free_port
+from metricrelay.devtools.embedded import end_process, find_redis_server, free_port
 
 __all__ = ["ClusterNode", "RedisClusterServer", "find_redis_cli"]
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
-from metricrelay.resp import ProtocolError, ReplyScanner, parse_request
+from metricrelay.devtools.resp import ProtocolError, ReplyScanner, parse_request
 
 __all__ = [
     "DENY_OOM",

@@ -5,9 +5,10 @@ Pure and synchronous: no I/O and no clock of its own (``now`` is passed in). One
 the maximum number of metrics, when its oldest item has waited ``linger`` seconds, or on flush.
 Because an execution only ever has one open body, its bodies come out in stream order.
 
-Acknowledgement bookkeeping lives in the worker's :class:`~metricrelay.entries.EntryBook`: every
-holder of a stream entry's items (an open or in-flight body, a rejected item awaiting its
-dead-letter write) holds the entry once; the entry is done when the last holder releases it.
+Acknowledgement bookkeeping lives in the worker's
+:class:`~metricrelay.relay.entries.EntryBook`: every holder of a stream entry's items (an open
+or in-flight body, a rejected item awaiting its dead-letter write) holds the entry once; the
+entry is done when the last holder releases it.
 
 Limits learned from 413 answers only shape batching: they make later bodies smaller, and they
 grow back towards the configured ones after a quiet period. An item is rejected at intake only by
@@ -25,8 +26,8 @@ from typing import Final
 import orjson
 
 from metricrelay.codec import EncodedFragment, Section, single_item_resource
-from metricrelay.entries import EntryBook
 from metricrelay.models import MAX_CUSTOM_INFO, MAX_CUSTOM_INFO_BYTES, MAX_METRICS, MAX_TAGS
+from metricrelay.relay.entries import EntryBook
 
 __all__ = ["Body", "CloseReason", "Coalescer", "Limits", "Rejected"]
 

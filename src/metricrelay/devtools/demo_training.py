@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from metricrelay.producer import Emitter
+from metricrelay.producer.emitter import Emitter
 
 __all__ = ["Training", "figure_svg", "points_per_rank"]
 

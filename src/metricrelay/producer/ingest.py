@@ -17,8 +17,8 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from metricrelay.api.body import check_content_type, read_body
-from metricrelay.api.errors import ApiError, bad_request, error_middleware
+from metricrelay.aiapi.body import check_content_type, read_body
+from metricrelay.aiapi.errors import ApiError, bad_request, error_middleware
 from metricrelay.codec import decode_entry
 from metricrelay.connection import REDIS_UNAVAILABLE
 from metricrelay.keys import Keys

@@ -19,8 +19,6 @@ from typing import Protocol
 
 import aiohttp
 
-from metricrelay.auth import TokenProvider
-from metricrelay.batching import Body
 from metricrelay.deadletter import Reason
 from metricrelay.errors import (
     BadRequest,
@@ -32,6 +30,8 @@ from metricrelay.errors import (
     Unauthorized,
     delivery_error,
 )
+from metricrelay.relay.auth import TokenProvider
+from metricrelay.relay.batching import Body
 from metricrelay.retry import RetryPolicy, call_with_retry, parse_retry_after
 
 __all__ = ["Delivery", "Dispatcher", "Failure", "RequestObserver"]

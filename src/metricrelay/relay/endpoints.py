@@ -13,10 +13,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from metricrelay.observability import WorkerMetrics
-from metricrelay.stray import find_stray, waiting
-from metricrelay.stream import GroupInfo
-from metricrelay.tasks import cancel_until_done
+from metricrelay.relay.observability import WorkerMetrics
+from metricrelay.relay.stray import find_stray, waiting
+from metricrelay.relay.stream import GroupInfo
+from metricrelay.relay.tasks import cancel_until_done
 
 __all__ = ["Endpoints", "ProbeConfig"]
 

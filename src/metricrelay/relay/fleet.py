@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from metricrelay.connection import REDIS_UNAVAILABLE
-from metricrelay.entries import MemoryBudget
 from metricrelay.errors import AuthError
 from metricrelay.keys import ShardKeys
-from metricrelay.leases import Leases
+from metricrelay.relay.entries import MemoryBudget
+from metricrelay.relay.leases import Leases
+from metricrelay.relay.stream import GroupInfo, read_group_info
+from metricrelay.relay.worker import Worker
 from metricrelay.retry import FullWatch, redis_transient
-from metricrelay.stream import GroupInfo, read_group_info
-from metricrelay.worker import Worker
 
 if TYPE_CHECKING:
-    from metricrelay.observability import WorkerMetrics
+    from metricrelay.relay.observability import WorkerMetrics
 
 __all__ = ["Fleet", "FleetShards", "shard_has_work"]
 

@@ -27,8 +27,8 @@ from metricrelay import progress
 from metricrelay.connection import async_client, sync_client
 from metricrelay.keys import Keys
 from metricrelay.models import MAX_CUSTOM_INFO_BYTES
-from metricrelay.packing import Marker, Metric, Named, pack
-from metricrelay.points import (
+from metricrelay.producer.packing import Marker, Metric, Named, pack
+from metricrelay.producer.points import (
     PointError,
     check_labels,
     check_metric_name,

@@ -1,0 +1,1 @@
+"""What training code runs: the Emitter, point checks and packing, SDK compatibility, the ingest."""
