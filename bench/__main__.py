@@ -12,6 +12,7 @@ STANDARD: tuple[str, ...] = (
     "bench.api_patch",
     "bench.worker",
     "bench.cluster",
+    "bench.remote_api",
 )
 
 

@@ -32,7 +32,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support.waiting import until
 
 from bench.worker import (
     TOKEN,
@@ -57,6 +58,8 @@ from bench.worker import (
     write_results,
 )
 from metricrelay.connection import async_client, sync_client
+from metricrelay.devtools import demo_stack
+from metricrelay.devtools.demo_stack import ChildProcess
 from metricrelay.devtools.embedded_cluster import RedisClusterServer
 from metricrelay.keys import Keys, ShardKeys
 from metricrelay.relay.fleet import shard_has_work
@@ -89,26 +92,32 @@ TINY = Sizes(runs=1, points=5_000)
 
 @dataclass
 class ShardWorker:
-    """A ``metricrelay worker`` child; a thread timestamps its log lines as they arrive and reads
-    its CPU the moment it logs that it is up (so interpreter start-up is not counted)."""
+    """A ``metricrelay worker`` child (demo_stack's); its log lines are timestamped as they arrive
+    and its CPU is read the moment it logs that it is up (so interpreter start-up is not
+    counted)."""
 
     name: str
-    process: subprocess.Popen[str]
+    child: ChildProcess | None = None
     lines: list[tuple[float, str]] = field(default_factory=list)
     up_at: float | None = None
     cpu_at_up: float = 0.0
-    terminated: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    attached: threading.Event = field(default_factory=threading.Event)
 
-    def read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            now = time.perf_counter()
-            with self.lock:
-                if self.up_at is None and UP.search(line):
-                    self.cpu_at_up = _proc_cpu(self.process.pid)
-                    self.up_at = now
-                self.lines.append((now, line))
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        assert self.child is not None
+        return self.child.process
+
+    def read(self, line: str) -> None:
+        """One line of its output, from the thread that reads them."""
+        now = time.perf_counter()
+        self.attached.wait()  # the child is set (its first line cannot come sooner in practice)
+        with self.lock:
+            if self.up_at is None and UP.search(line):
+                self.cpu_at_up = _proc_cpu(self.process.pid)
+                self.up_at = now
+            self.lines.append((now, line))
 
     def matching(self, pattern: re.Pattern[str]) -> list[tuple[float, re.Match[str]]]:
         with self.lock:
@@ -126,37 +135,35 @@ class ShardWorker:
     def terminate(self) -> None:
         """SIGTERM, once (a second one makes the worker exit at once, leaving entries pending):
         it drains and releases its leases."""
-        if not self.terminated and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.terminated = True
+        assert self.child is not None
+        self.child.terminate()
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM (unless sent already) and wait; SIGKILL if it hangs."""
-        self.terminate()
-        if self.process.poll() is None:
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        assert self.child is not None
+        return self.child.stop(timeout)
 
 
-def start_shard_worker(redis_url: str, api_url: str, name: str, prefix: str) -> ShardWorker:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("METRICRELAY_", "AICORE_"))}
-    env |= {
-        "METRICRELAY_REDIS_URL": redis_url,
-        "METRICRELAY_API_URL": f"{api_url}/v2",
-        "METRICRELAY_TOKEN": TOKEN,
-        "METRICRELAY_CONSUMER_NAME": name,
-        "METRICRELAY_PREFIX": prefix,
-        "METRICRELAY_SHARDS": str(SHARDS),
-        "METRICRELAY_LEASE_TTL": LEASE_TTL_S,
-    }
-    command = [sys.executable, "-m", "metricrelay", "worker"]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    worker = ShardWorker(name, process)
-    threading.Thread(target=worker.read, daemon=True).start()
+def start_shard_worker(
+    folder: Path, number: int, redis_url: str, api_url: str, *, name: str, prefix: str
+) -> ShardWorker:
+    """Worker ``number`` on metricrelay's defaults but the sharding, started the way
+    demo_stack starts one (its log in ``folder``)."""
+    worker = ShardWorker(name)
+    worker.child = demo_stack.start_worker(
+        folder,
+        number,
+        redis_url,
+        api_url,
+        defaults={},
+        on_line=worker.read,
+        METRICRELAY_TOKEN=TOKEN,
+        METRICRELAY_CONSUMER_NAME=name,
+        METRICRELAY_PREFIX=prefix,
+        METRICRELAY_SHARDS=str(SHARDS),
+        METRICRELAY_LEASE_TTL=LEASE_TTL_S,
+    )
+    worker.attached.set()
     return worker
 
 
@@ -188,22 +195,27 @@ def fill(cluster: RedisClusterServer, keys: Keys, sizes: Sizes, executions: list
 async def _wait_drained(url: str, shards: list[ShardKeys], workers: list[ShardWorker]) -> float:
     """Poll until no shard has work; the time it was first seen so. Bounded by RUN_BUDGET_S."""
     client = async_client(url)
-    deadline = time.monotonic() + RUN_BUDGET_S
-    try:
-        while True:
-            busy = [shard.name for shard in shards if await shard_has_work(client, shard)]
-            now = time.perf_counter()
-            if not busy:
-                return now
-            for worker in workers:
-                if worker.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{worker.name} exited with {worker.process.returncode}:\n"
-                        + worker.log_tail()
-                    )
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"shards {busy} still have work after {RUN_BUDGET_S:g}s")
-            await asyncio.sleep(POLL_S)  # worker processes do the work: poll with a deadline
+
+    async def busy() -> list[str]:
+        return [shard.name for shard in shards if await shard_has_work(client, shard)]
+
+    async def drained() -> float | None:
+        idle = not await busy()
+        now = time.perf_counter()
+        if idle:
+            return now
+        for worker in workers:
+            if worker.process.poll() is not None:
+                raise RuntimeError(
+                    f"{worker.name} exited with {worker.process.returncode}:\n" + worker.log_tail()
+                )
+        return None
+
+    try:  # worker processes do the work
+        return await until(drained, timeout=RUN_BUDGET_S, interval=POLL_S)
+    except TimeoutError:
+        left = await busy()
+        raise TimeoutError(f"shards {left} still have work after {RUN_BUDGET_S:g}s") from None
     finally:
         await client.aclose()
 
@@ -266,7 +278,7 @@ def redis_cpu(cluster: RedisClusterServer) -> float:
 
 
 def one_run(
-    cluster: RedisClusterServer, api: Api, sizes: Sizes, k: int, run: int
+    cluster: RedisClusterServer, api: Api, sizes: Sizes, k: int, run: int, *, folder: Path
 ) -> dict[str, Any]:
     prefix = f"benchc{k}r{run}t{time.time_ns() % 10**8}"
     keys = Keys(prefix, SHARDS)
@@ -274,7 +286,10 @@ def one_run(
     entries = fill(cluster, keys, sizes, executions)
     api_before, redis_before = api.cpu(), redis_cpu(cluster)
     launched = time.perf_counter()
-    workers = [start_shard_worker(cluster.url, api.url, f"{prefix}-w{n}", prefix) for n in range(k)]
+    workers = [
+        start_shard_worker(folder, n, cluster.url, api.url, name=f"{prefix}-w{n}", prefix=prefix)
+        for n in range(k)
+    ]
     try:
         drained = asyncio.run(_wait_drained(cluster.url, keys.all_shards(), workers))
         worker_cpu = sum(_proc_cpu(w.process.pid) - w.cpu_at_up for w in workers)
@@ -343,7 +358,7 @@ def measure(sizes: Sizes) -> dict[str, Any]:
             rows = []
             for run in range(sizes.runs):
                 print(f"{k} worker(s), run {run + 1}/{sizes.runs} ...", flush=True)
-                rows.append(one_run(cluster, api, sizes, k, run))
+                rows.append(one_run(cluster, api, sizes, k, run, folder=Path(folder)))
             summary: dict[str, Any] = {name: column(rows, name) for name in NUMERIC}
             handovers = [r["handover_s"] for r in rows if r["handover_s"] is not None]
             summary["handover_s"] = spread(handovers) if handovers else None

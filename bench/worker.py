@@ -44,7 +44,10 @@ import aiohttp
 import orjson
 import redis
 import redis.asyncio as redis_asyncio
+from tests.support.waiting import until_sync
 
+from metricrelay.devtools import demo_stack
+from metricrelay.devtools.demo_stack import ChildProcess
 from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 
@@ -134,10 +137,18 @@ def api_server(*extra: str) -> Iterator[str]:
 class WorkerProcess:
     """One ``metricrelay worker`` child; ``started``/``cpu_at_start`` once it logged its start."""
 
-    process: subprocess.Popen[str]
+    child: ChildProcess
     lines: queue.Queue[str]
     started: float = 0.0
     cpu_at_start: float = 0.0
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.child.process
+
+    def terminate(self) -> None:
+        """SIGTERM, once: it drains and exits."""
+        self.child.terminate()
 
     def wait_started(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -148,21 +159,22 @@ class WorkerProcess:
 
     def reap(self, timeout: float) -> tuple[float, float, int]:
         """Wait for exit: (when, CPU seconds since start, peak RSS bytes from rusage)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            # os.wait4 both reaps and gives this child's own rusage; poll with WNOHANG so a hung
-            # worker cannot hang the benchmark past its budget.
+
+        def exited() -> tuple[float, int, Any] | None:
+            # os.wait4 both reaps and gives this child's own rusage; WNOHANG, so that a hung
+            # worker cannot hang the benchmark past its budget
             pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
-            if pid:
-                ended = time.perf_counter()
-                self.process.returncode = os.waitstatus_to_exitcode(status)
-                break
-            if time.monotonic() > deadline:
-                self.process.kill()
-                raise RuntimeError("worker did not finish within its budget")
-            time.sleep(0.005)  # polling a child's exit, bounded by the deadline
-        if self.process.returncode != 0:
-            raise RuntimeError(f"worker exited with {self.process.returncode}")
+            return (time.perf_counter(), status, usage) if pid else None
+
+        try:
+            ended, status, usage = until_sync(exited, timeout=timeout, interval=0.005)
+        except TimeoutError:
+            self.child.kill()
+            raise RuntimeError("worker did not finish within its budget") from None
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        if self.child.stop() != 0:  # ended: this closes its log
+            tail = self.child.log_text()[-2000:]
+            raise RuntimeError(f"worker exited with {self.process.returncode}:\n{tail}")
         cpu = usage.ru_utime + usage.ru_stime - self.cpu_at_start
         return ended, cpu, usage.ru_maxrss * 1024  # Linux: kilobytes
 
@@ -179,19 +191,24 @@ def _vm_hwm(pid: int) -> int:
     return 0
 
 
-def start_worker(redis_url: str, api_url: str, name: str, *, burst: bool) -> WorkerProcess:
-    env = {
-        **os.environ,
-        "METRICRELAY_REDIS_URL": redis_url,
-        "METRICRELAY_API_URL": f"{api_url}/v2",
-        "METRICRELAY_TOKEN": TOKEN,
-        "METRICRELAY_CONSUMER_NAME": name,
-    }
-    command = [sys.executable, "-m", "metricrelay", "worker", *(["--burst"] if burst else [])]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+def start_worker(
+    server: RedisServer, api_url: str, name: str, *, burst: bool, number: int = 0
+) -> WorkerProcess:
+    """Worker ``number`` on metricrelay's defaults (demo_stack's way of starting one), its log in
+    the server's folder; its output lines are read as they come."""
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_drain_lines, args=(process.stderr, lines), daemon=True).start()
-    return WorkerProcess(process, lines)
+    child = demo_stack.start_worker(
+        server.directory,
+        number,
+        server.url,
+        api_url,
+        burst=burst,
+        defaults={},
+        on_line=lines.put,
+        METRICRELAY_TOKEN=TOKEN,
+        METRICRELAY_CONSUMER_NAME=name,
+    )
+    return WorkerProcess(child, lines)
 
 
 # --- the load ----------------------------------------------------------------------------------
@@ -248,7 +265,9 @@ async def _ceiling(url: str, entries: int) -> tuple[float, float]:
 
 def drain_with_workers(server: RedisServer, api: str, tag: str, workers: int) -> dict[str, float]:
     """Run ``workers`` burst workers over the filled stream; rates, CPU and peak RSS."""
-    children = [start_worker(server.url, api, f"{tag}-w{n}", burst=True) for n in range(workers)]
+    children = [
+        start_worker(server, api, f"{tag}-w{n}", burst=True, number=n) for n in range(workers)
+    ]
     for child in children:
         child.wait_started()
     reaped = [child.reap(RUN_BUDGET_S) for child in children]
@@ -354,7 +373,7 @@ def latency_run(
     load: alone in their body, they always wait the full linger. Returns latencies in seconds."""
     client = redis.Redis.from_url(server.url)
     client.delete(KEYS.events)
-    child = start_worker(server.url, api, f"latency-{run}", burst=False)
+    child = start_worker(server, api, f"latency-{run}", burst=False)
     child.wait_started()
     produced: dict[str, float] = {}
     per_tick = max(1, round(rate * TICK_S))
@@ -376,15 +395,18 @@ def latency_run(
         if pause > 0:
             time.sleep(pause)  # pacing the producer to the target rate
     achieved = step / (time.perf_counter() - started)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def delivered() -> bool:
         group = next(
             g for g in client.xinfo_groups(KEYS.events) if g["name"] == KEYS.group.encode()
         )
-        if not group["pending"] and not group.get("lag"):
-            break
-        time.sleep(0.05)  # polling for the backlog to be delivered, bounded by the deadline
-    child.process.send_signal(signal.SIGTERM)
+        return not group["pending"] and not group.get("lag")
+
+    try:
+        until_sync(delivered, timeout=60, interval=0.05)
+    except TimeoutError:
+        print("  (the backlog was not delivered within 60 s)")
+    child.terminate()
     child.reap(60)
     stored = asyncio.run(_created_at(api))
     if achieved < rate * 0.5:

@@ -27,6 +27,8 @@ from metricrelay.relay.auth import (
 from metricrelay.retry import RetryPolicy, call_with_retry
 from metricrelay.settings import Settings
 
+pytestmark = pytest.mark.integration  # a scripted token service on a loopback port
+
 SECRET = "very-secret-client-secret"
 CLIENT = "sb-client!b42"
 

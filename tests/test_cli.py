@@ -33,6 +33,7 @@ def test_validate_accepts_a_clean_file(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["validate", str(source)]) == 0
 
 
+@pytest.mark.integration  # the demo: redis-server, the API, workers
 def test_demo_runs_end_to_end_at_small_size(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -62,6 +63,7 @@ def test_unknown_subcommand_is_a_usage_error() -> None:
     assert exit_info.value.code == 2
 
 
+@pytest.mark.integration  # the demo: redis-server, the API, workers
 def test_demo_keep_stays_up_until_ctrl_c_and_then_stops_everything(tmp_path: Path) -> None:
     argv = ["--executions", "1", "--ranks", "1", "--steps", "20", "--step-ms", "0", "--keep"]
     process = subprocess.Popen(
@@ -80,6 +82,7 @@ def test_demo_keep_stays_up_until_ctrl_c_and_then_stops_everything(tmp_path: Pat
     assert "worker stopped" in log  # the worker was drained and stopped, not left behind
 
 
+@pytest.mark.integration  # the demo: redis-server, the API, workers
 def test_demo_with_a_relative_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # what `make run` does: --dir .demo, relative to the checkout
     argv = ["demo", "--executions", "1", "--ranks", "1", "--steps", "10", "--step-ms", "0"]

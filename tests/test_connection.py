@@ -141,12 +141,12 @@ def test_the_connection_class_keeps_its_kind(url: str, kind: type[Any]) -> None:
 
 def test_settings_keep_the_redis_timeout_above_the_longest_blocking_read() -> None:
     settings = Settings.from_sources({}, env={})
-    assert settings.redis_timeout == DEFAULT_TIMEOUT
-    assert settings.redis_timeout > settings.block_ms / 1000 + BLOCK_MARGIN_S
+    assert settings.redis.redis_timeout == DEFAULT_TIMEOUT
+    assert settings.redis.redis_timeout > settings.worker.block_ms / 1000 + BLOCK_MARGIN_S
     tuned = Settings.from_sources(
         {}, env={"METRICRELAY_REDIS_TIMEOUT": "32", "METRICRELAY_BLOCK_MS": "30000"}
     )
-    assert (tuned.redis_timeout, tuned.block_ms) == (32.0, 30000)
+    assert (tuned.redis.redis_timeout, tuned.worker.block_ms) == (32.0, 30000)
     with pytest.raises(ConfigError, match=r"METRICRELAY_REDIS_TIMEOUT \(10 s\) must exceed"):
         Settings.from_sources({"block_ms": 9500}, env={})
     with pytest.raises(ConfigError, match="METRICRELAY_REDIS_TIMEOUT"):
@@ -214,6 +214,7 @@ def test_a_blocking_command_to_a_silent_server_times_out() -> None:
         client.close()
 
 
+@pytest.mark.integration
 async def test_connections_the_server_closed_are_replaced_before_use() -> None:
     """After a Redis restart, every connection idle in the pool was closed by the old server:
     the next commands connect again instead of failing once each (redis-py's pool does not
@@ -229,6 +230,7 @@ async def test_connections_the_server_closed_are_replaced_before_use() -> None:
             await client.aclose()
 
 
+@pytest.mark.integration
 async def test_an_asyncio_command_whose_reply_is_lost_is_not_sent_again() -> None:
     """The server applied XREADGROUP ``>`` and the connection broke before its reply: the
     caller gets the error and the read happened once. (A repeat would hand this consumer entries

@@ -12,6 +12,7 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from tests.support.waiting import until_sync
 
 from metricrelay.devtools.embedded import RedisServer
 from metricrelay.devtools.faultproxy import (
@@ -167,17 +168,15 @@ def make_proxy(server: RedisServer) -> Iterator[Callable[..., FaultProxy]]:
         proxy.close()
 
 
+def blocked(client: redis.Redis) -> int:
+    """How many clients of the real Redis wait in a blocking command."""
+    return int(client.info("clients")["blocked_clients"])
+
+
 def through(proxy: FaultProxy, **options: Any) -> redis.Redis:
     """A client without redis-py's own retries, so that each fault shows as it happened."""
     options.setdefault("socket_timeout", 10)
     return redis.Redis.from_url(proxy.url, retry=Retry(NoBackoff(), 0), **options)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)  # polling with a deadline
 
 
 @pytest.mark.integration
@@ -213,7 +212,7 @@ def test_a_blocking_read_waits_through_the_proxy(
         target=lambda: got.append(client.xreadgroup("g", "c", {"s": ">"}, count=1, block=8000))
     )
     reader.start()
-    wait_for(lambda: int(direct.info("clients")["blocked_clients"]) == 1)
+    until_sync(lambda: blocked(direct) == 1)
     entry_id = direct.xadd("s", {"f": "v"})
     reader.join(10)
     assert got == [[[b"s", [(entry_id, {b"f": b"v"})]]]]
@@ -322,9 +321,9 @@ def test_a_client_leaving_a_faulted_blocking_read_ends_it_on_redis(
     proxy = make_proxy(FaultConfig(reset_after=1.0))
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
         raw.sendall(_command(b"XREAD", b"BLOCK", b"0", b"STREAMS", b"s", b"$"))  # for ever
-        wait_for(lambda: int(direct.info("clients")["blocked_clients"]) == 1)
+        until_sync(lambda: blocked(direct) == 1)
     # the proxy waits for that reply to drop it, but must notice the client went away
-    wait_for(lambda: int(direct.info("clients")["blocked_clients"]) == 0)
+    until_sync(lambda: blocked(direct) == 0)
 
 
 @pytest.mark.integration
@@ -402,7 +401,7 @@ def test_a_freeze_holds_a_command_then_lets_it_through(
     frozen_at = time.monotonic()
     writer = threading.Thread(target=lambda: client.set("k", "1"))
     writer.start()
-    wait_for(lambda: proxy.stats["passed"] == passed + 1)  # the proxy has the command
+    until_sync(lambda: proxy.stats["passed"] == passed + 1)  # the proxy has the command
     assert direct.get("k") is None  # held: Redis has not seen it
     assert time.monotonic() - frozen_at < 2.0  # (still within the freeze when checked)
     writer.join(10)

@@ -6,7 +6,14 @@ import dataclasses
 
 import pytest
 
-from metricrelay.keys import CONSUMER_GROUP, Keys, format_shard_list, parse_shard_list
+from metricrelay.keys import (
+    CONSUMER_GROUP,
+    Keys,
+    any_layout_match,
+    format_shard_list,
+    parse_shard_list,
+    stream_kind,
+)
 
 
 def test_default_prefix_gives_the_contract_names() -> None:
@@ -127,3 +134,26 @@ def test_shard_lists() -> None:
 def test_shard_lists_have_one_spelling() -> None:
     assert format_shard_list([7, 0, 1, 2, 3, 3, 9, 10]) == "0-3,7,9-10"
     assert parse_shard_list(format_shard_list([5, 1, 2]), 8) == [1, 2, 5]
+
+
+def test_worker_registries_and_the_stream_globs_of_a_layout() -> None:
+    assert Keys("p").workers_of() == Keys("p").workers == "p:workers"
+    assert Keys("p", 8).workers_of("0-3,7") == "p:workers:0-3,7"
+    assert (Keys("p").events_match, Keys("p").dead_match) == ("p:events", "p:dead")
+    assert (Keys("p", 4).events_match, Keys("p", 4).dead_match) == (
+        "p:events:{*of4}",
+        "p:dead:{*of4}",
+    )
+
+
+def test_stray_streams_are_found_by_a_glob_and_told_by_name() -> None:
+    assert any_layout_match("p", "events") == "p:events*"
+    assert any_layout_match("a*b[1]", "dead") == "a\\*b\\[1\\]:dead*"  # the prefix is literal
+    for layout in (Keys("p"), Keys("p", 3)):
+        for shard in layout.all_shards():
+            assert (stream_kind("p", shard.events), stream_kind("p", shard.dead)) == (
+                "events",
+                "dead",
+            )
+    for other in ("p:events-old", "p:events:{1of}", "q:events", "p:lease:{1of4}", "pp:dead"):
+        assert stream_kind("p", other) is None

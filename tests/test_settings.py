@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from metricrelay.errors import ConfigError
+from metricrelay.relay.auth import auth_mode
 from metricrelay.settings import RECLAIM_SLACK_S, Settings, redact_url
 
 SECRET = "s3cr3t-client-secret"
@@ -53,19 +54,31 @@ def service_key(**changes: object) -> dict[str, object]:
 
 def test_defaults() -> None:
     settings = build()
-    assert settings.redis_url == "redis://localhost:6379/0"
-    assert settings.prefix == "metricrelay"
-    assert settings.resource_group == "default"
-    assert settings.api_url is None and settings.token is None and settings.health_port is None
-    assert (settings.read_count, settings.block_ms, settings.concurrency) == (1000, 1000, 16)
-    assert settings.redis_timeout == 10.0  # above the longest blocking read (block_ms)
-    assert settings.max_body_bytes == 4 * 1024 * 1024
-    assert settings.memory_budget_bytes == 256 * 1024 * 1024
-    assert (settings.retry_base, settings.retry_cap, settings.retry_budget) == (0.5, 30.0, 300.0)
-    assert settings.retry_after_cap == 120.0 and settings.max_deliveries == 5
-    assert settings.request_timeout == 30.0 and settings.linger == 0.5
-    assert settings.drain_deadline < 30.0  # below Kubernetes' default grace period
-    assert settings.consumer_name.endswith(f"-{os.getpid()}")
+    assert settings.redis.redis_url == "redis://localhost:6379/0"
+    assert settings.redis.prefix == "metricrelay"
+    assert settings.api.resource_group == "default"
+    assert (
+        settings.api.api_url is None
+        and settings.api.token is None
+        and settings.observability.health_port is None
+    )
+    assert (settings.worker.read_count, settings.worker.block_ms, settings.worker.concurrency) == (
+        1000,
+        1000,
+        16,
+    )
+    assert settings.redis.redis_timeout == 10.0  # above the longest blocking read (block_ms)
+    assert settings.worker.max_body_bytes == 4 * 1024 * 1024
+    assert settings.worker.memory_budget_bytes == 256 * 1024 * 1024
+    assert (
+        settings.worker.retry_base,
+        settings.worker.retry_cap,
+        settings.worker.retry_budget,
+    ) == (0.5, 30.0, 300.0)
+    assert settings.worker.retry_after_cap == 120.0 and settings.worker.max_deliveries == 5
+    assert settings.api.request_timeout == 30.0 and settings.worker.linger == 0.5
+    assert settings.worker.drain_deadline < 30.0  # below Kubernetes' default grace period
+    assert settings.worker.consumer_name.endswith(f"-{os.getpid()}")
 
 
 def test_values_are_parsed_from_strings() -> None:
@@ -77,29 +90,35 @@ def test_values_are_parsed_from_strings() -> None:
         "METRICRELAY_CONSUMER_NAME": "pod-7",
     }
     settings = build(env)
-    assert (settings.read_count, settings.linger, settings.health_port) == (50, 0.25, 8081)
-    assert (settings.prefix, settings.consumer_name) == ("team-a", "pod-7")
+    assert (
+        settings.worker.read_count,
+        settings.worker.linger,
+        settings.observability.health_port,
+    ) == (50, 0.25, 8081)
+    assert (settings.redis.prefix, settings.worker.consumer_name) == ("team-a", "pod-7")
 
 
 def test_empty_variables_count_as_unset() -> None:
     settings = build({"METRICRELAY_RESOURCE_GROUP": "", "AICORE_RESOURCE_GROUP": "rg-1"})
-    assert settings.resource_group == "rg-1"
-    assert build({"METRICRELAY_HEALTH_PORT": ""}).health_port is None
+    assert settings.api.resource_group == "rg-1"
+    assert build({"METRICRELAY_HEALTH_PORT": ""}).observability.health_port is None
 
 
 def test_an_explicit_env_mapping_ignores_the_process_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("METRICRELAY_PREFIX", "from-os")
-    assert Settings.from_sources(env={}).prefix == "metricrelay"
-    assert Settings.from_sources().prefix == "from-os"
-    assert Settings().prefix == "from-os"  # read at construction, not at import
+    assert Settings.from_sources(env={}).redis.prefix == "metricrelay"
+    assert Settings.from_sources().redis.prefix == "from-os"
+    assert Settings().redis.prefix == "from-os"  # read at construction, not at import
 
 
 def test_settings_are_frozen() -> None:
     settings = build()
     with pytest.raises(ValidationError):
-        settings.prefix = "other"  # type: ignore[misc]
+        settings.redis = settings.redis  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        settings.redis.prefix = "other"  # type: ignore[misc]
 
 
 # --------------------------------------------------------------------------- precedence
@@ -116,11 +135,11 @@ def test_metricrelay_variables_win_over_aicore_ones() -> None:
         "AICORE_RESOURCE_GROUP": "rg-aicore",
     }
     settings = build(env)
-    assert settings.api_url == API and settings.auth_url == AUTH
-    assert settings.client_id == "sb-client!b1"
-    assert settings.client_secret is not None
-    assert settings.client_secret.get_secret_value() == SECRET
-    assert settings.resource_group == "rg-mr"
+    assert settings.api.api_url == API and settings.api.auth_url == AUTH
+    assert settings.api.client_id == "sb-client!b1"
+    assert settings.api.client_secret is not None
+    assert settings.api.client_secret.get_secret_value() == SECRET
+    assert settings.api.resource_group == "rg-mr"
 
 
 def test_aicore_variables_are_fallbacks() -> None:
@@ -134,41 +153,45 @@ def test_aicore_variables_are_fallbacks() -> None:
         "AICORE_EXECUTION_ID": "e6663ea0593fe2b2",
     }
     settings = build(env)
-    assert (settings.api_url, settings.auth_url, settings.client_id) == (API, AUTH, "aicore-client")
-    assert settings.resource_group == "rg-aicore"
-    assert settings.tracking_endpoint == "http://tracking.local:8080"
-    assert settings.execution_id == "e6663ea0593fe2b2"
+    assert (settings.api.api_url, settings.api.auth_url, settings.api.client_id) == (
+        API,
+        AUTH,
+        "aicore-client",
+    )
+    assert settings.api.resource_group == "rg-aicore"
+    assert settings.api.tracking_endpoint == "http://tracking.local:8080"
+    assert settings.api.execution_id == "e6663ea0593fe2b2"
 
 
 def test_the_service_key_is_the_lowest_layer(tmp_path: Path) -> None:
     path = write_key(tmp_path, service_key())
     settings = build({"METRICRELAY_SERVICE_KEY": path})
-    assert settings.client_id == "key-client"
-    assert settings.client_secret is not None
-    assert settings.client_secret.get_secret_value() == "key-secret"
-    assert settings.auth_url == "https://key-tenant.authentication.example.com/oauth/token"
-    assert settings.api_url == "https://api.key.example.com/v2"
-    assert settings.auth_mode() == "oauth"
+    assert settings.api.client_id == "key-client"
+    assert settings.api.client_secret is not None
+    assert settings.api.client_secret.get_secret_value() == "key-secret"
+    assert settings.api.auth_url == "https://key-tenant.authentication.example.com/oauth/token"
+    assert settings.api.api_url == "https://api.key.example.com/v2"
+    assert auth_mode(settings.api) == "oauth"
 
     layered = build(
         {"METRICRELAY_SERVICE_KEY": path, "AICORE_CLIENT_ID": "aicore", "AICORE_BASE_URL": API}
     )
-    assert (layered.client_id, layered.api_url) == ("aicore", API)
-    assert layered.auth_url == "https://key-tenant.authentication.example.com/oauth/token"
+    assert (layered.api.client_id, layered.api.api_url) == ("aicore", API)
+    assert layered.api.auth_url == "https://key-tenant.authentication.example.com/oauth/token"
     top = build(
         {"METRICRELAY_SERVICE_KEY": path, "AICORE_CLIENT_ID": "a", "METRICRELAY_CLIENT_ID": "m"}
     )
-    assert top.client_id == "m"
+    assert top.api.client_id == "m"
 
 
 def test_command_line_overrides_win_over_everything(tmp_path: Path) -> None:
     path = write_key(tmp_path, service_key())
     settings = build(OAUTH_ENV, service_key=path, client_id="from-flag", read_count=7)
-    assert settings.client_id == "from-flag"
-    assert settings.read_count == 7
-    assert settings.api_url == API  # env still beats the key the flag pointed at
+    assert settings.api.client_id == "from-flag"
+    assert settings.worker.read_count == 7
+    assert settings.api.api_url == API  # env still beats the key the flag pointed at
     only_key = build({}, service_key=path)
-    assert only_key.client_id == "key-client"  # --service-key alone is enough
+    assert only_key.api.client_id == "key-client"  # --service-key alone is enough
 
 
 # --------------------------------------------------------------------------- URL suffixes
@@ -187,29 +210,29 @@ def test_service_key_urls_get_their_suffix_once(
 ) -> None:
     path = write_key(tmp_path, service_key(url=url, serviceurls={"AI_API_URL": ai_api_url}))
     settings = build({"METRICRELAY_SERVICE_KEY": path})
-    assert settings.auth_url == "https://a.example.com" + token_url
-    assert settings.api_url == "https://api.example.com" + api_url
+    assert settings.api.auth_url == "https://a.example.com" + token_url
+    assert settings.api.api_url == "https://api.example.com" + api_url
 
 
 def test_a_bare_aicore_auth_url_gets_the_token_path() -> None:
-    assert build({"AICORE_AUTH_URL": "https://t.example.com/"}).auth_url == (
+    assert build({"AICORE_AUTH_URL": "https://t.example.com/"}).api.auth_url == (
         "https://t.example.com/oauth/token"
     )
 
 
 def test_metricrelay_auth_url_is_taken_verbatim() -> None:
-    assert build({"METRICRELAY_AUTH_URL": "http://127.0.0.1:9/token"}).auth_url == (
+    assert build({"METRICRELAY_AUTH_URL": "http://127.0.0.1:9/token"}).api.auth_url == (
         "http://127.0.0.1:9/token"
     )
 
 
 def test_a_trailing_slash_after_v2_is_dropped() -> None:
-    assert build({"METRICRELAY_API_URL": API + "/"}).api_url == API
+    assert build({"METRICRELAY_API_URL": API + "/"}).api.api_url == API
 
 
 def test_a_wrapped_service_key_is_accepted(tmp_path: Path) -> None:
     path = write_key(tmp_path, {"credentials": service_key()})
-    assert build({"METRICRELAY_SERVICE_KEY": path}).client_id == "key-client"
+    assert build({"METRICRELAY_SERVICE_KEY": path}).api.client_id == "key-client"
 
 
 # --------------------------------------------------------------------------- errors
@@ -294,19 +317,19 @@ def test_broken_service_keys(tmp_path: Path, content: str | None, expected: str)
 
 
 def test_auth_mode_oauth_token_and_none() -> None:
-    assert build(OAUTH_ENV).auth_mode() == "oauth"
-    assert build({"METRICRELAY_API_URL": API, "METRICRELAY_TOKEN": TOKEN}).auth_mode() == "token"
+    assert auth_mode(build(OAUTH_ENV).api) == "oauth"
+    assert auth_mode(build({"METRICRELAY_API_URL": API, "METRICRELAY_TOKEN": TOKEN}).api) == "token"
     # a fixed token wins over client credentials
-    assert build({**OAUTH_ENV, "METRICRELAY_TOKEN": TOKEN}).auth_mode() == "token"
+    assert auth_mode(build({**OAUTH_ENV, "METRICRELAY_TOKEN": TOKEN}).api) == "token"
     in_cluster = {"AICORE_TRACKING_ENDPOINT": "http://t:80", "AICORE_EXECUTION_ID": "exec-1"}
-    assert build(in_cluster).auth_mode() == "none"
+    assert auth_mode(build(in_cluster).api) == "none"
     # as in SAP's SDK, inside an execution the tracking endpoint wins
-    assert build({**OAUTH_ENV, **in_cluster}).auth_mode() == "none"
+    assert auth_mode(build({**OAUTH_ENV, **in_cluster}).api) == "none"
 
 
 def test_auth_mode_names_the_missing_credentials() -> None:
     with pytest.raises(ConfigError) as caught:
-        build({"METRICRELAY_API_URL": API, "AICORE_CLIENT_SECRET": SECRET}).auth_mode()
+        auth_mode(build({"METRICRELAY_API_URL": API, "AICORE_CLIENT_SECRET": SECRET}).api)
     message = str(caught.value)
     assert "METRICRELAY_CLIENT_ID (or AICORE_CLIENT_ID)" in message
     assert "METRICRELAY_AUTH_URL (or AICORE_AUTH_URL)" in message
@@ -317,12 +340,12 @@ def test_auth_mode_names_the_missing_credentials() -> None:
 
 def test_auth_mode_without_any_endpoint() -> None:
     with pytest.raises(ConfigError, match="no metrics endpoint: set METRICRELAY_API_URL"):
-        build({"METRICRELAY_TOKEN": TOKEN}).auth_mode()
+        auth_mode(build({"METRICRELAY_TOKEN": TOKEN}).api)
 
 
 def test_in_cluster_mode_needs_the_execution_id() -> None:
     with pytest.raises(ConfigError, match=r"METRICRELAY_EXECUTION_ID \(or AICORE_EXECUTION_ID\)"):
-        build({"AICORE_TRACKING_ENDPOINT": "http://t:80"}).auth_mode()
+        auth_mode(build({"AICORE_TRACKING_ENDPOINT": "http://t:80"}).api)
 
 
 # --------------------------------------------------------------------------- secrets
@@ -337,7 +360,7 @@ def test_secrets_never_appear_in_repr_str_or_dumps(tmp_path: Path) -> None:
     settings = build(env)
     for text in (repr(settings), str(settings), settings.model_dump_json()):
         assert SECRET not in text and TOKEN not in text and "redis-pass" not in text
-    assert settings.token is not None and settings.token.get_secret_value() == TOKEN
+    assert settings.api.token is not None and settings.api.token.get_secret_value() == TOKEN
 
 
 # --------------------------------------------------------------------------- derived
@@ -355,7 +378,8 @@ def test_reclaim_idle_ms_is_derived_from_the_batch_lifetime() -> None:
     )
     assert tuned.reclaim_idle_ms == int((1 + 10 + 5 + RECLAIM_SLACK_S) * 1000)
     assert (
-        tuned.reclaim_idle_ms > (tuned.linger + tuned.retry_budget + tuned.request_timeout) * 1000
+        tuned.reclaim_idle_ms
+        > (tuned.worker.linger + tuned.worker.retry_budget + tuned.api.request_timeout) * 1000
     )
 
 
@@ -370,5 +394,5 @@ def test_reclaim_idle_ms_is_derived_from_the_batch_lifetime() -> None:
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
-    assert build({"METRICRELAY_REDIS_URL": url}).model_dump()["redis_url"] == shown
-    assert build({"METRICRELAY_REDIS_URL": url}).redis_url == url  # the real value is kept
+    assert build({"METRICRELAY_REDIS_URL": url}).model_dump()["redis"]["redis_url"] == shown
+    assert build({"METRICRELAY_REDIS_URL": url}).redis.redis_url == url  # the real value is kept

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from metricrelay.keys import Keys, ShardKeys
+from metricrelay.replies import as_text
 from metricrelay.timestamps import format_utc
 
 __all__ = ["DeadLetter", "Reason", "read_dead_letters", "write_dead_letters"]
@@ -115,8 +116,4 @@ async def read_dead_letters(
 ) -> list[tuple[str, DeadLetter]]:
     """Dead letters in stream order, with their ids in the dead-letter stream."""
     rows = await redis.xrange(keys.dead, start, end, count=count)
-    return [(_text(entry_id), DeadLetter.from_fields(fields)) for entry_id, fields in rows]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return [(as_text(entry_id), DeadLetter.from_fields(fields)) for entry_id, fields in rows]

@@ -13,9 +13,10 @@ one shard and keeps its order.
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 __all__ = [
     "CONSUMER_GROUP",
@@ -23,9 +24,12 @@ __all__ = [
     "MAX_SHARDS",
     "Keys",
     "ShardKeys",
+    "StreamKind",
+    "any_layout_match",
     "format_shard_list",
     "parse_shard_list",
     "shard_index",
+    "stream_kind",
 ]
 
 DEFAULT_PREFIX: Final = "metricrelay"
@@ -33,6 +37,9 @@ DEFAULT_PREFIX: Final = "metricrelay"
 # XPENDING dashboards) look for that name, and two prefixes never share a stream anyway.
 CONSUMER_GROUP: Final = "metricrelay"
 MAX_SHARDS: Final = 1024
+
+StreamKind = Literal["events", "dead"]  # the two streams of a shard
+_GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")
 
 
 def _check_part(what: str, value: str) -> None:
@@ -72,16 +79,18 @@ class ShardKeys:
     @property
     def events(self) -> str:
         """The event stream producers XADD to (CONTRACT.md §2.1)."""
-        if self.count == 1:
-            return f"{self.prefix}:events"
-        return f"{self.prefix}:events:{self.tag}"
+        return self.stream("events")
 
     @property
     def dead(self) -> str:
         """The dead-letter stream of this shard (CONTRACT.md §2.2)."""
+        return self.stream("dead")
+
+    def stream(self, kind: StreamKind) -> str:
+        """:attr:`events` or :attr:`dead`, by kind."""
         if self.count == 1:
-            return f"{self.prefix}:dead"
-        return f"{self.prefix}:dead:{self.tag}"
+            return f"{self.prefix}:{kind}"
+        return f"{self.prefix}:{kind}:{self.tag}"
 
     @property
     def group(self) -> str:
@@ -145,6 +154,29 @@ class Keys:
         """The sorted set of live workers (member: consumer name, score: last beat, ms)."""
         return f"{self.prefix}:workers"
 
+    def workers_of(self, pool: str = "") -> str:
+        """The live workers of one pool (workers limited to some shards, named by their shard
+        list), or :attr:`workers` for the pool of all shards (``""``)."""
+        return f"{self.workers}:{pool}" if pool else self.workers
+
+    @property
+    def events_match(self) -> str:
+        """The event stream with one shard; with more, a ``SCAN MATCH`` glob matching exactly
+        this layout's event streams."""
+        return self.streams_match("events")
+
+    @property
+    def dead_match(self) -> str:
+        """As :attr:`events_match`, for the dead-letter streams."""
+        return self.streams_match("dead")
+
+    def streams_match(self, kind: StreamKind) -> str:
+        """:attr:`events_match` or :attr:`dead_match`, by kind."""
+        if self.shards == 1:
+            return ShardKeys(self.prefix).stream(kind)
+        # '{' is not special in a glob: only the shard index is left open
+        return f"{self.prefix}:{kind}:{{*of{self.shards}}}"
+
     @property
     def replay_lock(self) -> str:
         """Held by the one ``replay`` or ``dead purge`` changing dead letters (value: who)."""
@@ -176,6 +208,22 @@ class Keys:
 
     def dead_mark(self, identity: str) -> str:
         return self._only().dead_mark(identity)
+
+
+def any_layout_match(prefix: str, kind: StreamKind) -> str:
+    """A ``SCAN MATCH`` glob for the ``kind`` streams of ``prefix`` in every shard layout; it
+    may match more (``<prefix>:events-old``): :func:`stream_kind` tells which are streams."""
+    literal = _GLOB_SPECIAL.sub(r"\\\1", prefix)
+    return f"{literal}:{kind}*"
+
+
+def stream_kind(prefix: str, key: str) -> StreamKind | None:
+    """``"events"`` or ``"dead"`` when ``key`` names that stream of a shard of ``prefix`` in
+    some shard layout (:meth:`ShardKeys.stream`); None when it names no such stream."""
+    found = re.fullmatch(rf"{re.escape(prefix)}:(events|dead)(?::\{{\d+of\d+\}})?", key)
+    if found is None:
+        return None
+    return "events" if found.group(1) == "events" else "dead"
 
 
 def format_shard_list(indices: list[int]) -> str:

@@ -15,10 +15,10 @@ __all__ = ["dead_pattern", "events_pattern", "layouts", "shards_in_play", "strea
 
 def layouts(settings: Settings) -> list[Keys]:
     """The current layout, then the draining one when ``drain_shards`` is set."""
-    current = Keys(settings.prefix, settings.shards)
-    if settings.drain_shards is None:
+    current = Keys(settings.redis.prefix, settings.sharding.shards)
+    if settings.sharding.drain_shards is None:
         return [current]
-    return [current, Keys(settings.prefix, settings.drain_shards)]
+    return [current, Keys(settings.redis.prefix, settings.sharding.drain_shards)]
 
 
 def shards_in_play(settings: Settings) -> list[ShardKeys]:
@@ -31,19 +31,11 @@ def streams_in_play(settings: Settings) -> list[str]:
     return [name for shard in shards_in_play(settings) for name in (shard.events, shard.dead)]
 
 
-def _pattern(layout: Keys, dead: bool) -> str:
-    if layout.shards == 1:
-        return layout.dead if dead else layout.events
-    # a Redis glob ('{' is not special in one) matching exactly this layout's streams
-    kind = "dead" if dead else "events"
-    return f"{layout.prefix}:{kind}:{{*of{layout.shards}}}"
-
-
 def events_pattern(keys: list[Keys]) -> str:
     """The event stream key with one stream; a ``SCAN MATCH`` pattern per layout otherwise."""
-    return ", ".join(_pattern(layout, dead=False) for layout in keys)
+    return ", ".join(layout.events_match for layout in keys)
 
 
 def dead_pattern(keys: list[Keys]) -> str:
     """As :func:`events_pattern`, for the dead-letter streams."""
-    return ", ".join(_pattern(layout, dead=True) for layout in keys)
+    return ", ".join(layout.dead_match for layout in keys)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from metricrelay.keys import Keys, ShardKeys
+from metricrelay.replies import as_text, id_key
 
 __all__ = ["PROGRESS_TTL_S", "DeliveryReport", "ack_with_progress", "wait_delivered"]
 
@@ -101,36 +102,27 @@ async def ack_with_progress(
     return int(acked)
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def _all_acknowledged(client: Any, keys: Keys | ShardKeys, ids: Sequence[str]) -> bool:
     """Every id delivered to the group at least once, and none of them pending any more."""
     try:
         groups = await client.xinfo_groups(keys.events)
     except Exception:  # no stream yet
         return False
-    mine = [g for g in groups if _text(g["name"]) == keys.group]
+    mine = [g for g in groups if as_text(g["name"]) == keys.group]
     if not mine:
         return False
-    newest = max(ids, key=_id_key)
-    if _id_key(_text(mine[0]["last-delivered-id"])) < _id_key(newest):
+    newest = max(ids, key=id_key)
+    if id_key(as_text(mine[0]["last-delivered-id"])) < id_key(newest):
         return False
     wanted = set(ids)
-    start, end = min(ids, key=_id_key), newest
+    start, end = min(ids, key=id_key), newest
     while True:
         rows = await client.xpending_range(keys.events, keys.group, start, end, 1000)
-        if any(_text(row["message_id"]) in wanted for row in rows):
+        if any(as_text(row["message_id"]) in wanted for row in rows):
             return False
         if len(rows) < 1000:
             return True
-        ms, seq = _id_key(_text(rows[-1]["message_id"]))
+        ms, seq = id_key(as_text(rows[-1]["message_id"]))
         start = f"{ms}-{seq + 1}"
 
 
@@ -150,5 +142,5 @@ async def wait_delivered(
             raise TimeoutError(f"{len(ids)} entries not yet delivered within {timeout}s")
         await asyncio.sleep(_POLL_S)  # another process does the work: poll, with a deadline
     raw = await client.hgetall(keys.progress(resource_group, execution_id))
-    totals = {_text(k): int(v) for k, v in raw.items()}
+    totals = {as_text(k): int(v) for k, v in raw.items()}
     return DeliveryReport(len(ids), totals)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from pydantic import (
+    BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -38,14 +40,19 @@ __all__ = [
     "BLOCK_MARGIN_S",
     "ENV_FALLBACKS",
     "ENV_PREFIX",
+    "FIELDS",
+    "GROUPS",
     "RECLAIM_SLACK_S",
-    "AuthMode",
+    "ApiSettings",
+    "EmitterSettings",
+    "ObservabilitySettings",
+    "RedisSettings",
     "Settings",
+    "ShardingSettings",
+    "WorkerSettings",
     "env_names",
     "redact_url",
 ]
-
-AuthMode = Literal["none", "token", "oauth"]
 
 ENV_PREFIX: Final = "METRICRELAY_"
 # The variables SAP's SDK reads (CONTRACT.md §1), read when METRICRELAY_<FIELD> is unset.
@@ -143,7 +150,7 @@ def _service_key_values(path: str) -> dict[str, tuple[str, str]]:
 
 
 def _layered(
-    env: Mapping[str, str], fields: Mapping[str, FieldInfo], key_path: object
+    env: Mapping[str, str], fields: Iterable[str], key_path: object
 ) -> dict[str, tuple[str, str]]:
     """field → (raw value, origin), every layer below the command line applied in order."""
     path = (
@@ -174,9 +181,7 @@ class _LayeredSource(PydanticBaseSettingsSource):
         build = _BUILD.get()
         env = os.environ if build is None else build.env
         # current_state holds the command-line values, so --service-key is honoured here
-        layered = _layered(
-            env, self.settings_cls.model_fields, self.current_state.get("service_key")
-        )
+        layered = _layered(env, FIELDS, self.current_state.get("service_key"))
         if build is not None:
             build.origins.update({name: origin for name, (_, origin) in layered.items()})
         return {name: value for name, (value, _) in layered.items()}
@@ -188,10 +193,13 @@ def _describe(
     """One phrase per problem, joined by "; ", each naming the variable, flag or file behind it."""
     problems = []
     for problem in error.errors(include_url=False, include_input=False):
-        name = str(problem["loc"][0]) if problem["loc"] else ""
+        loc = [str(part) for part in problem["loc"]]
+        if loc and loc[0] in GROUPS:  # a setting of a sub-model, or the sub-model's own check
+            loc = loc[1:]
+        name = loc[0] if loc else ""
         if name in overrides:
             label = "--" + name.replace("_", "-")
-        elif name in Settings.model_fields:
+        elif name in FIELDS:
             label = origins.get(name, ENV_PREFIX + name.upper())
         else:
             label = name
@@ -222,29 +230,67 @@ def _check_http_url(value: str) -> str:
     return value.rstrip("/")
 
 
-class Settings(BaseSettings):
-    """Everything the worker is told; secrets are :class:`SecretStr` and never printed.
+class RedisSettings(BaseModel):
+    """Where the streams are and how to talk to Redis."""
 
-    Build it with :meth:`from_sources`, which turns validation errors into :class:`ConfigError`;
-    a plain ``Settings(**values)`` reads the same sources but raises pydantic's ValidationError.
-    """
-
-    model_config = SettingsConfigDict(
-        extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # The URL may carry a Redis password: it stays out of repr() and is redacted in dumps.
     redis_url: str = Field("redis://localhost:6379/0", repr=False)
     cluster: bool = False  # a Redis Cluster even without a redis+cluster:// URL
-    # Seconds to connect to Redis and to wait for any reply; above block_ms (_coherent).
+    # Seconds to connect to Redis and to wait for any reply; above block_ms (Settings._coherent).
     redis_timeout: float = Field(DEFAULT_TIMEOUT, gt=0)
     prefix: str = DEFAULT_PREFIX
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
+            raise ValueError(
+                "must be a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL"
+            )
+        return value
+
+    @field_serializer("redis_url")
+    def _redis_url_redacted(self, value: str) -> str:
+        return redact_url(value)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        Keys(value)  # the one place that knows what a key prefix may be
+        return value
+
+
+class ShardingSettings(BaseModel):
+    """How many event streams there are, which ones this process may own, and for how long."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     shards: int = Field(1, ge=1, le=MAX_SHARDS)  # event streams; keys.py names them
     # Only these shards, e.g. "0-15,32": for very large shard counts, split among worker pools.
     only_shards: str | None = None
     # While changing the shard count: the old count, whose streams are drained first (README).
     drain_shards: int | None = Field(None, ge=1, le=MAX_SHARDS)
     lease_ttl: float = Field(10.0, ge=1)  # seconds a shard stays owned by a worker that went quiet
+
+    @model_validator(mode="after")
+    def _shard_layout(self) -> ShardingSettings:
+        if self.only_shards is not None:
+            parse_shard_list(self.only_shards, self.shards)  # raises ValueError naming it
+        if self.drain_shards == self.shards:
+            raise ValueError(
+                "METRICRELAY_DRAIN_SHARDS must differ from METRICRELAY_SHARDS: it names the old "
+                "shard count while changing it"
+            )
+        return self
+
+
+class ApiSettings(BaseModel):
+    """The AI API: where, with which credentials, for which resource group and execution."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
     api_url: str | None = None
     auth_url: str | None = None
     client_id: str | None = Field(None, min_length=1)
@@ -254,13 +300,34 @@ class Settings(BaseSettings):
     resource_group: str = Field("default", pattern=RESOURCE_GROUP_PATTERN)
     tracking_endpoint: str | None = None
     execution_id: str | None = Field(None, pattern=EXECUTION_ID_PATTERN)
+    request_timeout: float = Field(30.0, gt=0)
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = _check_http_url(value)
+        if not value.endswith(API_SUFFIX):
+            raise ValueError(f"must end in {API_SUFFIX}, e.g. https://api.ai.<region>.../v2")
+        return value
+
+    @field_validator("auth_url", "tracking_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+
+class WorkerSettings(BaseModel):
+    """How the worker reads, batches, sends, retries and stops."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     consumer_name: str = Field(default_factory=_default_consumer_name, min_length=1)
     read_count: int = Field(1000, ge=1)
     block_ms: int = Field(1000, ge=1)  # 0 would block forever in XREADGROUP
     linger: float = Field(0.5, ge=0)
     max_body_bytes: int = Field(4 * MIB, ge=1024)
-    request_timeout: float = Field(30.0, gt=0)
     concurrency: int = Field(16, ge=1)
     retry_base: float = Field(0.5, gt=0)
     retry_cap: float = Field(30.0, gt=0)
@@ -270,12 +337,100 @@ class Settings(BaseSettings):
     memory_budget_bytes: int = Field(256 * MIB, ge=1)
     drain_deadline: float = Field(25.0, gt=0)  # below Kubernetes' default 30 s grace period
     trim_interval: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> WorkerSettings:
+        if self.retry_cap < self.retry_base:
+            raise ValueError(
+                f"METRICRELAY_RETRY_CAP ({self.retry_cap}) must not be below "
+                f"METRICRELAY_RETRY_BASE ({self.retry_base})"
+            )
+        if self.memory_budget_bytes < self.max_body_bytes:
+            raise ValueError(
+                "METRICRELAY_MEMORY_BUDGET_BYTES must be at least METRICRELAY_MAX_BODY_BYTES, "
+                "or not even one body fits"
+            )
+        return self
+
+
+class ObservabilitySettings(BaseModel):
+    """The worker's metrics and probes endpoint, and its look for streams nobody reads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
     health_port: int | None = Field(None, ge=0, le=65535)  # /metrics, /healthz, /readyz; 0: any
     # All interfaces by default: kubelet probes and Prometheus reach a pod on its own address.
     health_host: str = Field("0.0.0.0", min_length=1)
     ready_api_failure_seconds: float = Field(60.0, gt=0)  # /readyz fails past this API outage
     # How often a worker with a health port looks for streams nobody reads (a SCAN); 0: never.
     stray_interval: float = Field(60.0, ge=0)
+
+
+class EmitterSettings(BaseModel):
+    """How the Emitter in training code buffers and writes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    flush_interval: float = Field(0.2, gt=0)  # seconds between the writer's batches
+    max_buffer_bytes: int = Field(64 * MIB, ge=1)
+    # When the buffer is full: wait up to block_timeout (then BufferFull), or drop the point.
+    buffer_policy: Literal["block", "drop"] = "block"
+    block_timeout: float = Field(30.0, ge=0)
+    on_error: Literal["raise", "warn"] = "raise"  # a bad point at the call: raise, or log it
+
+
+# Each sub-model of Settings, by its name there.
+GROUPS: Final[Mapping[str, type[BaseModel]]] = {
+    "redis": RedisSettings,
+    "sharding": ShardingSettings,
+    "api": ApiSettings,
+    "worker": WorkerSettings,
+    "observability": ObservabilitySettings,
+    "emitter": EmitterSettings,
+}
+# The one table of settings: each one's name (METRICRELAY_<NAME>, the flag --<name>) and the
+# sub-model that holds it.
+FIELDS: Final[Mapping[str, str]] = {
+    name: group for group, model in GROUPS.items() for name in model.model_fields
+}
+
+
+class Settings(BaseSettings):
+    """Everything metricrelay is told, in sub-models; secrets are :class:`SecretStr` and never
+    printed. Each setting has one name (:data:`FIELDS`): ``METRICRELAY_<NAME>``, the flag
+    ``--<name>`` where there is one, and ``settings.<group>.<name>``.
+
+    Build it with :meth:`from_sources`, which turns validation errors into :class:`ConfigError`;
+    a plain ``Settings(**values)`` (values by setting name) reads the same sources but raises
+    pydantic's ValidationError.
+    """
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
+    )
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    sharding: ShardingSettings = Field(default_factory=ShardingSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    emitter: EmitterSettings = Field(default_factory=EmitterSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grouped(cls, values: Any) -> Any:
+        """Settings given by name (flags, variables, keyword arguments) into their sub-models;
+        an unknown name stays where it is, for pydantic to refuse."""
+        if not isinstance(values, dict):
+            return values
+        grouped: dict[str, Any] = {}
+        for name, value in values.items():
+            group = FIELDS.get(name)
+            if group is None:
+                grouped[name] = value
+            else:
+                grouped.setdefault(group, {})[name] = value
+        return grouped
 
     @classmethod
     def settings_customise_sources(
@@ -310,113 +465,25 @@ class Settings(BaseSettings):
         finally:
             _BUILD.reset(token)
 
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
-            raise ValueError(
-                "must be a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL"
-            )
-        return value
-
-    @field_serializer("redis_url")
-    def _redis_url_redacted(self, value: str) -> str:
-        return redact_url(value)
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        Keys(value)  # the one place that knows what a key prefix may be
-        return value
-
     @model_validator(mode="after")
-    def _shard_layout(self) -> Settings:
-        if self.only_shards is not None:
-            self.owned_shards()  # raises ValueError naming the problem
-        if self.drain_shards == self.shards:
+    def _coherent(self) -> Settings:
+        if self.redis.redis_timeout <= self.worker.block_ms / 1000 + BLOCK_MARGIN_S:
             raise ValueError(
-                "METRICRELAY_DRAIN_SHARDS must differ from METRICRELAY_SHARDS: it names the old "
-                "shard count while changing it"
+                f"METRICRELAY_REDIS_TIMEOUT ({self.redis.redis_timeout:g} s) must exceed "
+                f"METRICRELAY_BLOCK_MS ({self.worker.block_ms} ms) by more than "
+                f"{BLOCK_MARGIN_S:g} s, or a read blocked that long times out before Redis answers"
             )
         return self
 
     def keys(self) -> Keys:
-        return Keys(self.prefix, self.shards)
+        return Keys(self.redis.prefix, self.sharding.shards)
 
     def owned_shards(self) -> list[int]:
         """The shards of the current layout this worker may work on (all unless told)."""
-        if self.only_shards is None:
-            return list(range(self.shards))
-        return parse_shard_list(self.only_shards, self.shards)
-
-    @field_validator("api_url")
-    @classmethod
-    def _api_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = _check_http_url(value)
-        if not value.endswith(API_SUFFIX):
-            raise ValueError(f"must end in {API_SUFFIX}, e.g. https://api.ai.<region>.../v2")
-        return value
-
-    @field_validator("auth_url", "tracking_endpoint")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value)
-
-    @model_validator(mode="after")
-    def _coherent(self) -> Settings:
-        if self.redis_timeout <= self.block_ms / 1000 + BLOCK_MARGIN_S:
-            raise ValueError(
-                f"METRICRELAY_REDIS_TIMEOUT ({self.redis_timeout:g} s) must exceed "
-                f"METRICRELAY_BLOCK_MS ({self.block_ms} ms) by more than {BLOCK_MARGIN_S:g} s, "
-                "or a read blocked that long times out before Redis answers"
-            )
-        if self.retry_cap < self.retry_base:
-            raise ValueError(
-                f"METRICRELAY_RETRY_CAP ({self.retry_cap}) must not be below "
-                f"METRICRELAY_RETRY_BASE ({self.retry_base})"
-            )
-        if self.memory_budget_bytes < self.max_body_bytes:
-            raise ValueError(
-                "METRICRELAY_MEMORY_BUDGET_BYTES must be at least METRICRELAY_MAX_BODY_BYTES, "
-                "or not even one body fits"
-            )
-        return self
-
-    def auth_mode(self) -> AuthMode:
-        """How requests are authorised; :class:`ConfigError` names what is missing.
-
-        ``none``: in-cluster tracking endpoint (it wins when set, as in SAP's SDK);
-        ``token``: a fixed bearer token (wins over client credentials); ``oauth``: client
-        credentials against ``auth_url``.
-        """
-        if self.tracking_endpoint is not None:
-            if self.execution_id is None:
-                raise ConfigError(
-                    f"{env_names('tracking_endpoint')} is set (in-cluster mode) but "
-                    f"{env_names('execution_id')} is not"
-                )
-            return "none"
-        if self.api_url is None:
-            raise ConfigError(
-                f"no metrics endpoint: set {env_names('api_url')} or METRICRELAY_SERVICE_KEY, "
-                f"or {env_names('tracking_endpoint')} with {env_names('execution_id')} "
-                "inside an AI Core execution"
-            )
-        if self.token is not None:
-            return "token"
-        missing = [
-            env_names(name)
-            for name in ("client_id", "client_secret", "auth_url")
-            if getattr(self, name) is None
-        ]
-        if not missing:
-            return "oauth"
-        raise ConfigError(
-            f"{env_names('api_url')} is set but there are no credentials: set METRICRELAY_TOKEN, "
-            f"or METRICRELAY_SERVICE_KEY, or the missing {', '.join(missing)}"
-        )
+        sharding = self.sharding
+        if sharding.only_shards is None:
+            return list(range(sharding.shards))
+        return parse_shard_list(sharding.only_shards, sharding.shards)
 
     @property
     def reclaim_idle_ms(self) -> int:
@@ -426,7 +493,8 @@ class Settings(BaseSettings):
         ``retry_budget``; the last attempt can be two PATCHes (a 401 gets a fresh token and one
         more try), each bounded by ``request_timeout``; plus :data:`RECLAIM_SLACK_S`.
         """
-        seconds = self.linger + self.retry_budget + 2 * self.request_timeout + RECLAIM_SLACK_S
+        worker, timeout = self.worker, self.api.request_timeout
+        seconds = worker.linger + worker.retry_budget + 2 * timeout + RECLAIM_SLACK_S
         return math.ceil(seconds * 1000)
 
     @property
@@ -435,5 +503,5 @@ class Settings(BaseSettings):
         owner takes them over: the lease expired, and the previous owner stopped working on the
         shard before that (fleet.py); a request it had started ends within ``request_timeout``.
         Never more than :attr:`reclaim_idle_ms`."""
-        seconds = self.lease_ttl + self.request_timeout + RECLAIM_SLACK_S
+        seconds = self.sharding.lease_ttl + self.api.request_timeout + RECLAIM_SLACK_S
         return min(self.reclaim_idle_ms, math.ceil(seconds * 1000))

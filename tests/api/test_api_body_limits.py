@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
+
+pytestmark = pytest.mark.integration  # the reference server on a loopback port
 
 LIMIT = 1000
 

@@ -72,6 +72,7 @@ def token(url: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {reply.json()['access_token']}", "AI-Resource-Group": "rg"}
 
 
+@pytest.mark.integration  # the program serves HTTP on a loopback port
 def test_program_serves_and_keeps_a_db_file_across_restarts(tmp_path) -> None:
     db = str(tmp_path / "api.db")
     flags = ("--db", db, "--client-id", "me", "--client-secret", "pw")
@@ -102,6 +103,7 @@ def test_program_serves_and_keeps_a_db_file_across_restarts(tmp_path) -> None:
     ]
 
 
+@pytest.mark.integration  # the program serves HTTP on a loopback port
 def test_program_logs_its_fault_settings(tmp_path) -> None:
     with program("--fail-rate", "0.25", "--seed", "9") as (url, output):
         assert requests.get(f"{url}/_stats", timeout=10).json()["seed"] == 9

@@ -8,8 +8,11 @@ import time
 
 import aiohttp
 import pytest
+from tests.support.reference_api import assert_error
 
 from metricrelay.api import FaultConfig
+
+pytestmark = pytest.mark.integration  # the reference server on a loopback port
 
 BODY = {
     "executionId": "exec-0001",
@@ -30,7 +33,7 @@ async def stored_points(api) -> int:
     return sum(len(r["metrics"]) for r in reply.json["resources"])
 
 
-async def test_fail_rate_answers_503_on_patch_only(start_api, assert_error) -> None:
+async def test_fail_rate_answers_503_on_patch_only(start_api) -> None:
     api = await start_api(fail_rate=1.0, seed=1)
     error = assert_error(await api.patch(BODY), 503)
     assert "--fail-rate" in error["message"]
@@ -42,7 +45,7 @@ async def test_fail_rate_answers_503_on_patch_only(start_api, assert_error) -> N
     assert stats["requests"]["POST /oauth/token"] == 1  # the token endpoint is never faulted
 
 
-async def test_throttle_rate_answers_429_with_retry_after(start_api, assert_error) -> None:
+async def test_throttle_rate_answers_429_with_retry_after(start_api) -> None:
     api = await start_api(throttle_rate=1.0, retry_after_s=7, seed=1)
     reply = await api.patch(BODY)
     assert_error(reply, 429)
@@ -104,7 +107,7 @@ async def test_a_seed_replays_the_same_faults(start_api) -> None:
     assert set(runs[0]) == {"reset", "503", "429", "204"}
 
 
-async def test_max_metrics_per_request(start_api, assert_error) -> None:
+async def test_max_metrics_per_request(start_api) -> None:
     api = await start_api(max_metrics_per_request=10)
     metrics = [{"name": "loss", "value": 1, "step": s} for s in range(11)]
     error = assert_error(await api.patch({**BODY, "metrics": metrics}), 413, "02000005")
@@ -113,7 +116,7 @@ async def test_max_metrics_per_request(start_api, assert_error) -> None:
     assert (await api.stats())["faults"] == {"too_many_metrics": 1}
 
 
-async def test_reject_names(start_api, assert_error) -> None:
+async def test_reject_names(start_api) -> None:
     api = await start_api(reject_names=re.compile(r"^debug_"))
     metrics = [{"name": "loss", "value": 1}, {"name": "debug_grad", "value": 2}]
     error = assert_error(await api.patch({**BODY, "metrics": metrics}), 400)
@@ -123,13 +126,13 @@ async def test_reject_names(start_api, assert_error) -> None:
     assert (await api.stats())["faults"] == {"rejected_name": 1}
 
 
-async def test_fault_methods_widen_the_targets(start_api, assert_error) -> None:
+async def test_fault_methods_widen_the_targets(start_api) -> None:
     api = await start_api(fail_rate=1.0, methods=frozenset({"GET", "PATCH"}))
     assert_error(await api.get(executionIds="exec-0001"), 503)
     assert (await api.request("GET", "/_stats", auth_headers=False)).status == 200
 
 
-async def test_in_cluster_endpoint_is_faulted_too(start_api, assert_error) -> None:
+async def test_in_cluster_endpoint_is_faulted_too(start_api) -> None:
     api = await start_api(fail_rate=1.0)
     reply = await api.patch(BODY, path="/api/v1/metrics", auth_headers=False)
     assert_error(reply, 503)

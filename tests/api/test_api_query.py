@@ -9,6 +9,8 @@ import pytest
 from metricrelay.aiapi.errors import ApiError
 from metricrelay.api.query import TagFilter, parse_filter, parse_select, parse_tag_filters
 
+pytestmark = pytest.mark.integration  # the reference server on a loopback port
+
 RUNS = {
     "exec-0001": {"stage": "dev", "team": "vision"},
     "exec-0002": {"stage": "prod", "team": "vision"},

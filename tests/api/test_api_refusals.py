@@ -6,8 +6,11 @@ import base64
 
 import orjson
 import pytest
+from tests.support.reference_api import assert_error
 
 from metricrelay.aiapi.errors import CODE_NOT_FOUND, CODE_PAYLOAD_LIMIT
+
+pytestmark = pytest.mark.integration  # the reference server on a loopback port
 
 MB = 1_000_000
 
@@ -50,7 +53,7 @@ INVALID = [
 
 
 @pytest.mark.parametrize(("raw", "named"), INVALID, ids=[n for _, n in INVALID])
-async def test_invalid_body_is_400_naming_the_item(api, assert_error, raw, named) -> None:
+async def test_invalid_body_is_400_naming_the_item(api, raw, named) -> None:
     error = assert_error(await api.patch(raw), 400)
     assert named in error["message"]
     assert any(named in d["message"] for d in error["details"][1:])
@@ -58,7 +61,7 @@ async def test_invalid_body_is_400_naming_the_item(api, assert_error, raw, named
     assert (await api.stats())["storage"] == {}  # nothing stored
 
 
-async def test_every_error_of_a_body_is_a_detail(api, assert_error) -> None:
+async def test_every_error_of_a_body_is_a_detail(api) -> None:
     bad = body(metrics=[{"name": "!", "value": 1}, ok_metric(), {"name": "b", "value": False}])
     error = assert_error(await api.patch(bad), 400)
     paths = [d["message"].split(":")[0] for d in error["details"][1:]]
@@ -95,7 +98,7 @@ LIMITS = [
 
 
 @pytest.mark.parametrize(("document", "reason"), LIMITS, ids=[r for _, r in LIMITS])
-async def test_count_limits_are_413(api, assert_error, document, reason) -> None:
+async def test_count_limits_are_413(api, document, reason) -> None:
     error = assert_error(await api.patch(document), 413, CODE_PAYLOAD_LIMIT)
     assert error["message"] == "PayloadLimitException"
     assert reason in error["details"][1]["message"]
@@ -117,7 +120,7 @@ async def test_the_limits_themselves_are_accepted(api) -> None:
     assert (await api.patch(exact)).status == 204
 
 
-async def test_body_above_max_body_bytes_is_413_by_content_length(start_api, assert_error) -> None:
+async def test_body_above_max_body_bytes_is_413_by_content_length(start_api) -> None:
     api = await start_api(max_body_bytes=1000)
     document = body(metrics=[ok_metric(s) for s in range(20)])
     error = assert_error(await api.patch(document), 413, CODE_PAYLOAD_LIMIT)
@@ -138,7 +141,7 @@ async def test_both_json_content_types(api, content_type, status) -> None:
     assert reply.status == status
 
 
-async def test_other_content_type_is_415(api, assert_error) -> None:
+async def test_other_content_type_is_415(api) -> None:
     reply = await api.patch(body(), headers={"Content-Type": "text/plain"})
     assert "not supported" in assert_error(reply, 415)["message"]
 
@@ -161,7 +164,7 @@ async def test_other_content_type_is_415(api, assert_error) -> None:
         ("Bearer not-a-token", "Unknown bearer token"),
     ],
 )
-async def test_v2_calls_need_a_live_token(api, assert_error, route, authorization, message) -> None:
+async def test_v2_calls_need_a_live_token(api, route, authorization, message) -> None:
     method, path = route
     headers = {"AI-Resource-Group": "default"}
     if authorization is not None:
@@ -173,13 +176,13 @@ async def test_v2_calls_need_a_live_token(api, assert_error, route, authorizatio
     assert reply.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-async def test_expired_token_is_401(start_api, assert_error) -> None:
+async def test_expired_token_is_401(start_api) -> None:
     api = await start_api(token_expires_in=0)
     error = assert_error(await api.get(executionIds="exec-0001"), 401)
     assert error["message"] == "Bearer token expired"
 
 
-async def test_token_ages_by_the_injected_clock(start_api, assert_error) -> None:
+async def test_token_ages_by_the_injected_clock(start_api) -> None:
     now = [1000.0]
     api = await start_api(token_expires_in=60, monotonic=lambda: now[0])
     assert (await api.get(executionIds="exec-0001")).status == 200
@@ -204,7 +207,7 @@ async def test_a_fixed_token_is_accepted(start_api) -> None:
     ("group", "message"),
     [("", "Missing header AI-Resource-Group"), ("team a", "AI-Resource-Group: must be")],
 )
-async def test_resource_group_header_is_required(api, assert_error, group, message) -> None:
+async def test_resource_group_header_is_required(api, group, message) -> None:
     headers = api.headers(group=group)
     if not group:
         del headers["AI-Resource-Group"]
@@ -245,12 +248,12 @@ GET_REFUSALS = [
 @pytest.mark.parametrize(
     ("params", "status", "message"), GET_REFUSALS, ids=[m for *_, m in GET_REFUSALS]
 )
-async def test_get_refusals(api, assert_error, params, status, message) -> None:
+async def test_get_refusals(api, params, status, message) -> None:
     error = assert_error(await api.get(**params), status)
     assert error["message"].startswith(message)
 
 
-async def test_delete_refusals(api, assert_error) -> None:
+async def test_delete_refusals(api) -> None:
     missing = await api.request("DELETE", "/v2/lm/metrics")
     assert "executionId: the query parameter is required" in assert_error(missing, 400)["message"]
     plural = await api.request("DELETE", "/v2/lm/metrics", params={"executionIds": "exec-0001"})
@@ -260,7 +263,7 @@ async def test_delete_refusals(api, assert_error) -> None:
     assert error["message"] == "Metrics was not found."
 
 
-async def test_unknown_route_and_method_have_the_error_shape(api, assert_error) -> None:
+async def test_unknown_route_and_method_have_the_error_shape(api) -> None:
     assert_error(await api.request("GET", "/v2/lm/nothing"), 404)
     not_allowed = await api.request("POST", "/v2/lm/metrics", data=b"{}")
     assert_error(not_allowed, 405)

@@ -19,6 +19,8 @@ from ai_core_sdk.tracking import Tracking
 
 from metricrelay.api.server import BackgroundServer
 
+pytestmark = pytest.mark.integration  # the reference server on a loopback port
+
 CLIENT_ID = "sb-test-client"
 CLIENT_SECRET = "s3cret"
 MOMENT = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)

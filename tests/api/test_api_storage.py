@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from metricrelay.api.storage import PatchOutcome
+
+pytestmark = pytest.mark.integration  # the reference server on a loopback port
 
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.support import bodies
+from tests.support.reference_api import assert_error
 
 from metricrelay.api.viewer import STATIC_DIR
 
@@ -50,7 +52,7 @@ async def test_static_route_does_not_leave_its_folder(api: Any) -> None:
     assert reply.status in (403, 404)
 
 
-async def _seed(api: Any, bodies: Any) -> None:
+async def _seed(api: Any) -> None:
     tagged = bodies.resource(
         "exec-a", tags=[{"name": "model", "value": "mlp"}, {"name": "lr", "value": "0.1"}]
     )
@@ -61,8 +63,8 @@ async def _seed(api: Any, bodies: Any) -> None:
     assert (await api.patch(other, headers={"AI-Resource-Group": "group-b"})).status == 204
 
 
-async def test_executions_of_every_group_with_tags(api: Any, bodies: Any) -> None:
-    await _seed(api, bodies)
+async def test_executions_of_every_group_with_tags(api: Any) -> None:
+    await _seed(api)
     reply = await api.request("GET", "/_viewer/api/executions")
     assert reply.status == 200
     assert reply.headers["Content-Type"].startswith("application/json")
@@ -85,8 +87,8 @@ async def test_executions_of_every_group_with_tags(api: Any, bodies: Any) -> Non
     )
 
 
-async def test_executions_of_one_group(api: Any, bodies: Any) -> None:
-    await _seed(api, bodies)
+async def test_executions_of_one_group(api: Any) -> None:
+    await _seed(api)
     reply = await api.request("GET", "/_viewer/api/executions", params={"resourceGroup": "group-b"})
     assert reply.status == 200
     assert [e["executionId"] for e in reply.json["executions"]] == ["exec-c"]
@@ -94,7 +96,7 @@ async def test_executions_of_one_group(api: Any, bodies: Any) -> None:
     assert empty.json == {"executions": []}
 
 
-async def test_executions_take_the_same_token_as_v2(api: Any, assert_error: Any) -> None:
+async def test_executions_take_the_same_token_as_v2(api: Any) -> None:
     reply = await api.request("GET", "/_viewer/api/executions", auth_headers=False)
     assert_error(reply, 401)
     wrong = await api.request(
@@ -103,7 +105,7 @@ async def test_executions_take_the_same_token_as_v2(api: Any, assert_error: Any)
     assert_error(wrong, 401)
 
 
-async def test_executions_refuse_a_malformed_group(api: Any, assert_error: Any) -> None:
+async def test_executions_refuse_a_malformed_group(api: Any) -> None:
     reply = await api.request(
         "GET", "/_viewer/api/executions", params={"resourceGroup": "bad group"}
     )

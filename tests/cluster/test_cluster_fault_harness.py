@@ -27,11 +27,10 @@ import time
 from collections import Counter
 
 import pytest
+from tests.support.cluster_stack import ClusterStack, Written, assert_ledger
 
 from metricrelay.devtools.demo_stack import QUICK_WORKER_ENV, start_api
 from metricrelay.devtools.embedded_cluster import ClusterNode
-
-from .conftest import ClusterStack, Written, assert_ledger
 
 SCALE = int(os.environ.get("METRICRELAY_CHAOS_SCALE", "1"))
 _CHOSEN = os.environ.get("METRICRELAY_FAULT_SEEDS", "").strip()

@@ -10,12 +10,11 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from tests.support.cluster_stack import ClusterStack
 
 from metricrelay.deadletter import DeadLetter, Reason
 from metricrelay.keys import Keys
 from metricrelay.timestamps import format_utc
-
-from .conftest import ClusterStack
 
 pytestmark = pytest.mark.integration
 

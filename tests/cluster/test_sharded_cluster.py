@@ -7,10 +7,9 @@ import time
 from collections import Counter
 
 import pytest
+from tests.support.cluster_stack import ClusterStack, Written, assert_ledger
 
 from metricrelay.keys import Keys
-
-from .conftest import ClusterStack, Written, assert_ledger
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pytest
 import redis.asyncio as redis_asyncio
+from tests.support.waiting import until
 
 from metricrelay.api import ApiConfig
 from metricrelay.api.server import start_server
+from metricrelay.devtools.demo_stack import start_worker
 from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 from metricrelay.logs import JsonFormatter
@@ -60,8 +63,9 @@ def test_a_record_becomes_one_json_object_with_its_extra_fields() -> None:
     assert "args" not in document and "msg" not in document
 
 
+@pytest.mark.integration  # a real redis-server, the reference server, a worker process
 async def test_the_worker_logs_json_lines_with_batch_fields_and_no_token(
-    redis_server: RedisServer, redis_client: redis_asyncio.Redis
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, tmp_path: Path
 ) -> None:
     for execution in ("exec-1", "exec-2"):
         metrics = [{"name": "loss", "value": 0.5, "step": s} for s in range(4)]
@@ -71,19 +75,23 @@ async def test_the_worker_logs_json_lines_with_batch_fields_and_no_token(
         )
     await redis_client.xadd(KEYS.events, {"resource": b"{broken"})
     api = await start_server(ApiConfig(port=0, static_token=TOKEN))
-    env = clean_env(
-        METRICRELAY_REDIS_URL=redis_server.url,
-        METRICRELAY_API_URL=api.base_url,
+    worker = start_worker(
+        tmp_path,
+        1,
+        redis_server.url,
+        api.url,
+        burst=True,
+        args=("--log-format", "json", "--log-level", "DEBUG"),
         METRICRELAY_TOKEN=TOKEN,
         METRICRELAY_LINGER="0.05",
         METRICRELAY_BLOCK_MS="50",
     )
-    try:
-        code, lines = await run_cli(
-            env, "--log-format", "json", "--log-level", "DEBUG", "worker", "--burst"
-        )
+    try:  # the API runs on this event loop: wait without blocking it
+        await until(lambda: worker.process.poll() is not None, timeout=120)
     finally:
         await api.close()
+        code = worker.stop()
+    lines = worker.log_text().splitlines()  # its stdout and stderr
     assert code == 0, lines
     documents = [orjson.loads(line) for line in lines]  # every line is one JSON object
     assert documents and all({"time", "level", "logger", "message"} <= set(d) for d in documents)

@@ -11,6 +11,9 @@ from contextlib import AsyncExitStack
 import orjson
 import pytest
 import redis.asyncio as redis_asyncio
+from tests.support.observed import open_observed_worker, scrape
+from tests.support.settings import worker_settings
+from tests.support.waiting import until
 
 from metricrelay.api import ApiConfig, FaultConfig
 from metricrelay.api.server import start_server
@@ -18,7 +21,7 @@ from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 from metricrelay.relay.endpoints import Endpoints
 
-from .support import open_observed_worker, scrape, until, worker_settings
+pytestmark = pytest.mark.integration
 
 KEYS = Keys()
 
@@ -61,7 +64,8 @@ async def test_metrics_count_exactly_what_the_worker_did(
     )
     settings = worker_settings(
         redis_server.url,
-        api_url=api.base_url,
+        api.base_url,
+        token=None,  # client credentials: OAuth
         auth_url=api.auth_url,
         client_id="relay",
         client_secret="relay-secret",
@@ -105,7 +109,7 @@ async def test_metrics_count_exactly_what_the_worker_did(
     assert v("metricrelay_deliveries_in_flight") == 0
     assert v("metricrelay_bodies_queued") == 0
     assert v("metricrelay_buffered_bytes") == 0
-    assert v("metricrelay_memory_budget_bytes") == settings.memory_budget_bytes
+    assert v("metricrelay_memory_budget_bytes") == settings.worker.memory_budget_bytes
     assert v("metricrelay_api_failing_seconds") == 0
     # the worker's own tally and the metrics agree
     assert worker.stats["points_sent"] == 512 and worker.stats["requests"] == 11

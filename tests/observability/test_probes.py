@@ -10,6 +10,9 @@ from contextlib import AsyncExitStack
 import orjson
 import pytest
 import redis.asyncio as redis_asyncio
+from tests.support.observed import get, open_observed_worker, scrape
+from tests.support.settings import worker_settings
+from tests.support.waiting import until
 
 from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
@@ -17,10 +20,10 @@ from metricrelay.relay.endpoints import Endpoints, ProbeConfig
 from metricrelay.relay.observability import WorkerMetrics
 from metricrelay.relay.stream import EventStream
 
-from .support import get, open_observed_worker, scrape, until, worker_settings
+pytestmark = pytest.mark.integration
 
 KEYS = Keys()
-DUMMY_API = {"api_url": "http://127.0.0.1:9/v2", "token": "probe-token"}
+DUMMY_API = "http://127.0.0.1:9/v2"  # nobody listens: these workers send nothing
 
 
 @pytest.fixture
@@ -37,7 +40,7 @@ async def readiness(endpoints: Endpoints) -> tuple[int, dict[str, object]]:
 
 
 async def test_readyz_follows_redis_away_and_back_and_the_group(own_redis: RedisServer) -> None:
-    settings = worker_settings(own_redis.url, **DUMMY_API)
+    settings = worker_settings(own_redis.url, DUMMY_API, token="probe-token")
     async with AsyncExitStack() as stack:
         worker, endpoints = await open_observed_worker(settings, stack, group_interval=0.02)
 
@@ -108,7 +111,7 @@ async def test_readyz_fails_only_after_the_api_failed_longer_than_the_threshold(
 async def test_healthz_watches_the_event_loop(
     redis_server: RedisServer, redis_client: redis_asyncio.Redis
 ) -> None:
-    settings = worker_settings(redis_server.url, **DUMMY_API)
+    settings = worker_settings(redis_server.url, DUMMY_API, token="probe-token")
     async with AsyncExitStack() as stack:
         _, endpoints = await open_observed_worker(settings, stack, tick=0.02)
         status, _, text = await get(endpoints, "/healthz")

@@ -32,7 +32,8 @@ import yaml
 from metricrelay.connection import is_cluster, startup_nodes
 from metricrelay.devtools.embedded import RedisServer, find_redis_server
 from metricrelay.keys import CONSUMER_GROUP
-from metricrelay.settings import ENV_PREFIX, Settings
+from metricrelay.relay.auth import auth_mode
+from metricrelay.settings import ENV_PREFIX, FIELDS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -277,15 +278,15 @@ def test_the_config_map_is_a_valid_configuration(tmp_path: Path) -> None:
     for variable in config:
         if variable.startswith(ENV_PREFIX) and variable not in CLI_VARIABLES:
             field = variable.removeprefix(ENV_PREFIX).lower()
-            assert field in Settings.model_fields, f"{variable} is no setting"
+            assert field in FIELDS, f"{variable} is no setting"
     # with the example key mounted where the Deployment points, the worker would start (oauth)
     [secret] = _documents((K8S / "examples/service-key-secret.yaml").read_text())
     key = tmp_path / "service-key.json"
     key.write_text(secret["stringData"]["service-key.json"])
     settings = Settings.from_sources(env={**config, "METRICRELAY_SERVICE_KEY": str(key)})
-    assert settings.auth_mode() == "oauth"
-    assert settings.health_port == 9095
-    assert settings.drain_deadline == 25
+    assert auth_mode(settings.api) == "oauth"
+    assert settings.observability.health_port == 9095
+    assert settings.worker.drain_deadline == 25
 
 
 def test_the_base_runs_one_active_and_one_standby_replica_without_keda() -> None:
@@ -296,7 +297,7 @@ def test_the_base_runs_one_active_and_one_standby_replica_without_keda() -> None
     assert base["Deployment"]["spec"]["replicas"] == 2
     assert base["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
     settings = Settings.from_sources(env=base["ConfigMap"]["data"])
-    assert settings.shards == 1 and settings.lease_ttl > 0
+    assert settings.sharding.shards == 1 and settings.sharding.lease_ttl > 0
     assert not any(name.startswith("KEDA_") for name in base["ConfigMap"]["data"])
 
 
@@ -306,21 +307,21 @@ def test_the_sharded_overlay_scales_on_the_lag_of_every_shard() -> None:
     docs = _by_kind(render("overlays/sharded-cluster"))
     scaled, config = docs["ScaledObject"]["spec"], docs["ConfigMap"]["data"]
     settings = Settings.from_sources(env=config)
-    assert settings.shards == 8
-    assert is_cluster(settings.redis_url, settings.cluster)
+    assert settings.sharding.shards == 8
+    assert is_cluster(settings.redis.redis_url, settings.redis.cluster)
     streams = [trigger["metadata"]["stream"] for trigger in scaled["triggers"]]
     assert streams == [shard.events for shard in settings.keys().all_shards()]
-    assert len(set(streams)) == settings.shards
+    assert len(set(streams)) == settings.sharding.shards
     names = [trigger["name"] for trigger in scaled["triggers"]]
     formula = scaled["advanced"]["scalingModifiers"]["formula"]
     assert sorted(formula.replace(" ", "").split("+")) == sorted(names)  # the sum of all lags
     assert scaled["advanced"]["scalingModifiers"]["target"] == "1000"
-    assert scaled["maxReplicaCount"] == settings.shards  # a worker owns whole shards
+    assert scaled["maxReplicaCount"] == settings.sharding.shards  # a worker owns whole shards
     for trigger in scaled["triggers"]:
         meta = trigger["metadata"]
         assert trigger["type"] == "redis-cluster-streams"
         assert meta["consumerGroup"] == CONSUMER_GROUP
-        _, nodes = startup_nodes(settings.redis_url)
+        _, nodes = startup_nodes(settings.redis.redis_url)
         assert config[meta["addressesFromEnv"]] == ",".join(f"{h}:{p}" for h, p in nodes)
     assert docs["Deployment"] == _by_kind(render("base"))["Deployment"]  # only config differs
     assert scaled["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
@@ -359,6 +360,7 @@ class _ConfiguredRedis(RedisServer):
         ]  # fmt: skip
 
 
+@pytest.mark.integration  # starts a redis-server with the manifest's redis.conf
 def test_the_redis_config_runs_with_aof_everysec(tmp_path: Path) -> None:
     config = _by_kind(render("redis"))["ConfigMap"]["data"]["redis.conf"]
     path = tmp_path / "redis.conf"

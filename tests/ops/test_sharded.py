@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 import redis
 import redis.asyncio as redis_asyncio
+from tests.support.dead_letters import KEYS, add_dead, fragment, letter
 
 from metricrelay.deadletter import DeadLetter, Reason
 from metricrelay.keys import Keys
@@ -39,13 +39,13 @@ def _ids(client: redis.Redis, stream: str) -> list[str]:
 # --------------------------------------------------------------------------- status
 
 
-def _sharded_state(client: redis.Redis, ops: SimpleNamespace) -> dict[str, int]:
+def _sharded_state(client: redis.Redis) -> dict[str, int]:
     """One entry per run in its shard; on every shard a worker read everything and acked all
     but one entry; a dead letter per odd run. Returns entries per shard name."""
     per_shard: dict[str, int] = {}
     for run in RUNS:
         shard = FOUR.route("default", run)
-        client.xadd(shard.events, {"resource": ops.fragment(run, 2)})
+        client.xadd(shard.events, {"resource": fragment(run, 2)})
         per_shard[shard.name] = per_shard.get(shard.name, 0) + 1
     for shard in FOUR.all_shards():
         client.xgroup_create(shard.events, shard.group, id="0", mkstream=True)
@@ -54,17 +54,15 @@ def _sharded_state(client: redis.Redis, ops: SimpleNamespace) -> dict[str, int]:
         if len(ids) > 1:
             client.xack(shard.events, shard.group, *ids[1:])  # the first stays pending
     for run in RUNS[1::2]:
-        dead = ops.letter(ops.fragment(run), Reason.EXHAUSTED)
+        dead = letter(fragment(run), Reason.EXHAUSTED)
         client.xadd(FOUR.route("default", run).dead, dead.fields())
     return per_shard
 
 
-def test_status_adds_up_shards_and_lists_each(
-    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
-) -> None:
-    per_shard = _sharded_state(sync_redis, ops)
+def test_status_adds_up_shards_and_lists_each(sync_redis: redis.Redis, cli: Any) -> None:
+    per_shard = _sharded_state(sync_redis)
     # one more entry nobody read, on shard 0of4 (run-05's): lag 1 there, 0 elsewhere
-    sync_redis.xadd(FOUR.route("default", "run-05").events, {"resource": ops.fragment("run-05")})
+    sync_redis.xadd(FOUR.route("default", "run-05").events, {"resource": fragment("run-05")})
     code, out, _ = cli("status", "--json", "--shards", "4")
     assert code == 0
     doc = orjson.loads(out)
@@ -108,12 +106,10 @@ def _json(cli: Any, *args: str) -> tuple[int, dict[str, Any]]:
     return code, orjson.loads(out)
 
 
-def test_status_reads_the_drained_layout_too(
-    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
-) -> None:
-    sync_redis.xadd(FOUR.route("default", "run-00").events, {"resource": ops.fragment("run-00")})
+def test_status_reads_the_drained_layout_too(sync_redis: redis.Redis, cli: Any) -> None:
+    sync_redis.xadd(FOUR.route("default", "run-00").events, {"resource": fragment("run-00")})
     for run in RUNS[:3]:  # left over in the old layout, nobody read them yet
-        sync_redis.xadd(TWO.route("default", run).events, {"resource": ops.fragment(run)})
+        sync_redis.xadd(TWO.route("default", run).events, {"resource": fragment(run)})
     code, doc = _json(cli, "--shards", "4", "--drain-shards", "2", "--max-lag", "3")
     assert code == 2  # 1 + 3 undelivered: the old layout's backlog counts
     assert [row["name"] for row in doc["shards"]] == [
@@ -136,10 +132,8 @@ def test_status_reads_the_drained_layout_too(
     assert doc["thresholds"]["exceeded"] == ["stray"]
 
 
-def test_status_has_one_shard_row_with_one_stream(
-    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
-) -> None:
-    sync_redis.xadd(ops.keys.events, {"resource": ops.fragment("run-a")})
+def test_status_has_one_shard_row_with_one_stream(sync_redis: redis.Redis, cli: Any) -> None:
+    sync_redis.xadd(KEYS.events, {"resource": fragment("run-a")})
     code, doc = _json(cli)
     assert code == 0
     [row] = doc["shards"]
@@ -151,24 +145,22 @@ def test_status_has_one_shard_row_with_one_stream(
 # --------------------------------------------------------------------------- replay
 
 
-def _old_and_new_letters(client: redis.Redis, ops: SimpleNamespace) -> dict[str, str]:
+def _old_and_new_letters(client: redis.Redis) -> dict[str, str]:
     """Dead letters of run-00…run-05 spread over the old (2) and the new (4) layout, plus raw
     bytes in both; returns each run's letter's dead stream."""
     where: dict[str, str] = {}
     for number, run in enumerate(RUNS[:6]):
         layout = TWO if number % 2 == 0 else FOUR
         stream = layout.route("default", run).dead
-        client.xadd(stream, ops.letter(ops.fragment(run, 3), Reason.EXHAUSTED).fields())
+        client.xadd(stream, letter(fragment(run, 3), Reason.EXHAUSTED).fields())
         where[run] = stream
-    client.xadd(TWO.shard(1).dead, ops.letter(b"\xffraw old", Reason.POISON).fields())
-    client.xadd(FOUR.shard(2).dead, ops.letter(b"\xffraw new", Reason.POISON).fields())
+    client.xadd(TWO.shard(1).dead, letter(b"\xffraw old", Reason.POISON).fields())
+    client.xadd(FOUR.shard(2).dead, letter(b"\xffraw new", Reason.POISON).fields())
     return where
 
 
-def test_replay_routes_both_layouts_into_todays_shards(
-    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
-) -> None:
-    where = _old_and_new_letters(sync_redis, ops)
+def test_replay_routes_both_layouts_into_todays_shards(sync_redis: redis.Redis, cli: Any) -> None:
+    where = _old_and_new_letters(sync_redis)
     assert len(set(where.values())) >= 4  # the letters really are spread
     code, out, _ = cli("replay", "--json", "--shards", "4", "--drain-shards", "2")
     assert code == 0
@@ -200,12 +192,12 @@ def _dead_resources(client: redis.Redis, stream: str) -> list[bytes]:
 
 
 async def test_replay_appends_before_it_deletes_across_layouts(
-    redis_client: redis_asyncio.Redis, sync_redis: redis.Redis, ops: SimpleNamespace
+    redis_client: redis_asyncio.Redis, sync_redis: redis.Redis
 ) -> None:
     source = TWO.route("default", "run-04")  # 0of2 → today's 2of4
     target = FOUR.route("default", "run-04")
     assert source.index != target.index
-    sync_redis.xadd(source.dead, ops.letter(ops.fragment("run-04", 2), Reason.EXHAUSTED).fields())
+    sync_redis.xadd(source.dead, letter(fragment("run-04", 2), Reason.EXHAUSTED).fields())
 
     def crash(plan: ReplayPlan) -> None:
         assert plan.destination == target
@@ -228,17 +220,15 @@ async def test_replay_appends_before_it_deletes_across_layouts(
 # --------------------------------------------------------------------------- dead
 
 
-def _same_id_on_two_shards(client: redis.Redis, ops: SimpleNamespace) -> None:
+def _same_id_on_two_shards(client: redis.Redis) -> None:
     """Letter 1000-0 on 0of4 (run-00) and on 2of4 (run-01); 2000-0 on 3of4 (run-05)."""
     for run, entry_id in (("run-01", "1000-0"), ("run-00", "1000-0"), ("run-05", "2000-0")):
-        dead = DeadLetter(ops.fragment(run), Reason.REJECTED, f"bad {run}", ["1-0"])
+        dead = DeadLetter(fragment(run), Reason.REJECTED, f"bad {run}", ["1-0"])
         client.xadd(FOUR.route("other", run).dead, dead.fields(), id=entry_id)
 
 
-def test_dead_list_show_purge_with_qualified_ids(
-    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
-) -> None:
-    _same_id_on_two_shards(sync_redis, ops)
+def test_dead_list_show_purge_with_qualified_ids(sync_redis: redis.Redis, cli: Any) -> None:
+    _same_id_on_two_shards(sync_redis)
     code, out, _ = cli("dead list", "--json", "--shards", "4")
     assert code == 0
     listed = orjson.loads(out)
@@ -275,13 +265,11 @@ def test_dead_list_show_purge_with_qualified_ids(
     assert all(sync_redis.xlen(s.dead) == 0 for s in FOUR.all_shards())
 
 
-def test_one_stream_keeps_plain_ids_also_for_purge_by_id(
-    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
-) -> None:
-    ops.add_dead(sync_redis, ops.letter(ops.fragment("run-a"), Reason.REJECTED), "1000-0")
-    ops.add_dead(sync_redis, ops.letter(ops.fragment("run-b"), Reason.REJECTED), "2000-0")
+def test_one_stream_keeps_plain_ids_also_for_purge_by_id(sync_redis: redis.Redis, cli: Any) -> None:
+    add_dead(sync_redis, letter(fragment("run-a"), Reason.REJECTED), "1000-0")
+    add_dead(sync_redis, letter(fragment("run-b"), Reason.REJECTED), "2000-0")
     listed = orjson.loads(cli("dead list", "--json")[1])
     assert [(row["id"], "shard" in row) for row in listed] == [("1000-0", False), ("2000-0", False)]
     code, out, _ = cli("dead purge", "--yes", "2000-0")
     assert (code, out.strip()) == (0, "deleted 1 dead letter(s) from metricrelay:dead")
-    assert _ids(sync_redis, ops.keys.dead) == ["1000-0"]
+    assert _ids(sync_redis, KEYS.dead) == ["1000-0"]

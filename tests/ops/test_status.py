@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 import redis
 import redis.asyncio as redis_asyncio
+from tests.support.dead_letters import KEYS, add_dead, fragment, letter
 
 from metricrelay.deadletter import Reason
 from metricrelay.devtools.embedded import RedisServer, free_port
@@ -21,23 +21,23 @@ from metricrelay.ops.status import gather
 pytestmark = pytest.mark.integration
 
 
-def _known_state(client: redis.Redis, ops: SimpleNamespace) -> None:
+def _known_state(client: redis.Redis) -> None:
     """7 entries; 1000-0 acked, 2000-0 and 3000-0 pending with c1, 4000-0… undelivered."""
-    events = ops.keys.events
-    client.xadd(events, {"resource": ops.fragment("run-a", 2)}, id="1000-0")
-    client.xadd(events, {"resource": ops.fragment("run-a", 2)}, id="2000-0")
-    client.xadd(events, {"resource": ops.fragment("run-b", 1, group=None)}, id="3000-0")
+    events = KEYS.events
+    client.xadd(events, {"resource": fragment("run-a", 2)}, id="1000-0")
+    client.xadd(events, {"resource": fragment("run-a", 2)}, id="2000-0")
+    client.xadd(events, {"resource": fragment("run-b", 1, group=None)}, id="3000-0")
     client.xadd(events, {"resource": b"not json"}, id="4000-0")
-    client.xadd(events, {"resource": ops.fragment("run-a", 2)}, id="5000-0")
-    client.xadd(events, {"resource": ops.fragment("run-b", 1)}, id="6000-0")
-    client.xadd(events, {"resource": ops.fragment("run-c", 3, group="other")}, id="7000-0")
-    client.xgroup_create(events, ops.keys.group, id="0")
-    client.xreadgroup(ops.keys.group, "c1", {events: ">"}, count=3)
-    client.xack(events, ops.keys.group, "1000-0")
-    ops.add_dead(client, ops.letter(ops.fragment("run-a"), Reason.INVALID), "10-0")
-    ops.add_dead(client, ops.letter(ops.fragment("run-a"), Reason.INVALID), "20-0")
-    ops.add_dead(client, ops.letter(ops.fragment("run-b"), Reason.EXHAUSTED), "30-0")
-    ops.add_dead(client, ops.letter(b"\xff raw", Reason.POISON), "40-0")
+    client.xadd(events, {"resource": fragment("run-a", 2)}, id="5000-0")
+    client.xadd(events, {"resource": fragment("run-b", 1)}, id="6000-0")
+    client.xadd(events, {"resource": fragment("run-c", 3, group="other")}, id="7000-0")
+    client.xgroup_create(events, KEYS.group, id="0")
+    client.xreadgroup(KEYS.group, "c1", {events: ">"}, count=3)
+    client.xack(events, KEYS.group, "1000-0")
+    add_dead(client, letter(fragment("run-a"), Reason.INVALID), "10-0")
+    add_dead(client, letter(fragment("run-a"), Reason.INVALID), "20-0")
+    add_dead(client, letter(fragment("run-b"), Reason.EXHAUSTED), "30-0")
+    add_dead(client, letter(b"\xff raw", Reason.POISON), "40-0")
 
 
 def _status(cli: Any, *args: str) -> tuple[int, dict[str, Any]]:
@@ -45,8 +45,8 @@ def _status(cli: Any, *args: str) -> tuple[int, dict[str, Any]]:
     return code, orjson.loads(out)
 
 
-def test_json_for_a_known_state(sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any) -> None:
-    _known_state(sync_redis, ops)
+def test_json_for_a_known_state(sync_redis: redis.Redis, cli: Any) -> None:
+    _known_state(sync_redis)
     code, doc = _status(cli)
     assert code == 0
     assert doc["schema"] == 1
@@ -98,21 +98,19 @@ def test_json_for_a_known_state(sync_redis: redis.Redis, ops: SimpleNamespace, c
 
 
 async def test_age_is_measured_from_the_entry_id(
-    redis_server: RedisServer, redis_client: redis_asyncio.Redis, ops: SimpleNamespace
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis
 ) -> None:
     sync = redis.Redis.from_url(redis_server.url)
-    _known_state(sync, ops)
+    _known_state(sync)
     sync.close()
     status = await gather(
-        redis_client, ops.keys, default_resource_group="default", scan_limit=100, now_ms=9_500
+        redis_client, KEYS, default_resource_group="default", scan_limit=100, now_ms=9_500
     )
     assert status.oldest_pending_age_ms == 7_500  # 9.5 s minus the 2000 ms of id 2000-0
 
 
-def test_thresholds_give_exit_code_2(
-    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
-) -> None:
-    _known_state(sync_redis, ops)  # lag 4, pending 2
+def test_thresholds_give_exit_code_2(sync_redis: redis.Redis, cli: Any) -> None:
+    _known_state(sync_redis)  # lag 4, pending 2
     assert _status(cli, "--max-lag", "4", "--max-pending", "2")[0] == 0
     code, doc = _status(cli, "--max-lag", "3")
     assert (code, doc["thresholds"]["exceeded"]) == (2, ["lag"])
@@ -123,12 +121,10 @@ def test_thresholds_give_exit_code_2(
     assert "ALERT: pending 2 > 1" in out
 
 
-def test_lag_is_counted_when_redis_cannot_tell(
-    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
-) -> None:
-    _known_state(sync_redis, ops)
-    sync_redis.xdel(ops.keys.events, "5000-0")  # a deleted undelivered entry: XINFO lag is nil
-    assert sync_redis.xinfo_groups(ops.keys.events)[0]["lag"] is None
+def test_lag_is_counted_when_redis_cannot_tell(sync_redis: redis.Redis, cli: Any) -> None:
+    _known_state(sync_redis)
+    sync_redis.xdel(KEYS.events, "5000-0")  # a deleted undelivered entry: XINFO lag is nil
+    assert sync_redis.xinfo_groups(KEYS.events)[0]["lag"] is None
     code, doc = _status(cli)
     assert (doc["group"]["lag"], doc["group"]["lag_source"]) == (3, "scan")
     # a scan limit below the lag gives a lower bound, and says so
@@ -142,28 +138,22 @@ def test_lag_is_counted_when_redis_cannot_tell(
     assert (code, doc["group"]["lag"]) == (0, 3)
 
 
-def test_a_lag_redis_miscounts_is_corrected_by_the_scan(
-    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
-) -> None:
+def test_a_lag_redis_miscounts_is_corrected_by_the_scan(sync_redis: redis.Redis, cli: Any) -> None:
     """Redis 7.0 was seen to report a lag with nothing left to deliver (after slot migrations
     and a failover on a cluster); the same state, made with SETID's ENTRIESREAD: status and
     its --max-lag check follow the entries, not the miscount."""
-    _known_state(sync_redis, ops)
-    sync_redis.execute_command(
-        "XGROUP", "SETID", ops.keys.events, ops.keys.group, "$", "ENTRIESREAD", "0"
-    )
-    assert sync_redis.xinfo_groups(ops.keys.events)[0]["lag"] == 7  # yet nothing is undelivered
+    _known_state(sync_redis)
+    sync_redis.execute_command("XGROUP", "SETID", KEYS.events, KEYS.group, "$", "ENTRIESREAD", "0")
+    assert sync_redis.xinfo_groups(KEYS.events)[0]["lag"] == 7  # yet nothing is undelivered
     code, doc = _status(cli, "--max-lag", "0")
     assert (code, doc["group"]["lag"], doc["group"]["lag_source"]) == (0, 0, "scan")
-    sync_redis.xadd(ops.keys.events, {"resource": ops.fragment("run-a", 2)}, id="8000-0")
+    sync_redis.xadd(KEYS.events, {"resource": fragment("run-a", 2)}, id="8000-0")
     code, doc = _status(cli, "--max-lag", "0")
     assert (code, doc["group"]["lag"], doc["group"]["lag_source"]) == (2, 1, "scan")
 
 
-def test_scans_are_bounded_and_say_so(
-    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
-) -> None:
-    _known_state(sync_redis, ops)
+def test_scans_are_bounded_and_say_so(sync_redis: redis.Redis, cli: Any) -> None:
+    _known_state(sync_redis)
     code, doc = _status(cli, "--scan-limit", "1")
     assert code == 0
     assert doc["group"]["lag"] == 4  # Redis's own count: exact whatever the scan limit
@@ -173,18 +163,18 @@ def test_scans_are_bounded_and_say_so(
     assert doc["dead"]["by_reason"]["poison"] == 1  # the newest dead letters are counted
 
 
-def test_before_any_worker_ran(sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any) -> None:
+def test_before_any_worker_ran(sync_redis: redis.Redis, cli: Any) -> None:
     code, doc = _status(cli, "--max-lag", "0")
     assert code == 0
     assert doc["group"]["exists"] is False
     assert (doc["stream"]["length"], doc["group"]["lag"], doc["dead"]["length"]) == (0, 0, 0)
-    sync_redis.xadd(ops.keys.events, {"resource": ops.fragment("run-a")})
+    sync_redis.xadd(KEYS.events, {"resource": fragment("run-a")})
     code, doc = _status(cli, "--max-lag", "0")
     assert (code, doc["group"]["lag"], doc["group"]["lag_source"]) == (2, 1, "no_group")
 
 
-def test_terminal_table(sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any) -> None:
-    _known_state(sync_redis, ops)
+def test_terminal_table(sync_redis: redis.Redis, cli: Any) -> None:
+    _known_state(sync_redis)
     code, out, _ = cli("status", "--max-lag", "10")
     assert code == 0
     assert "lag 4, pending 2" in out
@@ -209,18 +199,16 @@ def test_unreachable_redis_is_exit_1_with_a_message() -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_streams_of_another_layout_are_found_and_alert(
-    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
-) -> None:
+def test_streams_of_another_layout_are_found_and_alert(sync_redis: redis.Redis, cli: Any) -> None:
     """Workers on one stream, a producer on eight shards: its entries wait where nobody reads.
     Only streams named as some layout names them, holding entries, count."""
     eight = Keys(shards=8)
-    sync_redis.xadd(ops.keys.events, {"resource": ops.fragment("run-a")})  # in play
-    sync_redis.xadd(eight.shard(3).events, {"resource": ops.fragment("run-b")})
-    sync_redis.xadd(eight.shard(3).events, {"resource": ops.fragment("run-b")})
-    letter = ops.letter(ops.fragment("run-c"), Reason.EXHAUSTED)
-    sync_redis.xadd(eight.shard(5).dead, letter.fields())
-    sync_redis.xadd(eight.shard(0).events, {"resource": ops.fragment("run-d")})
+    sync_redis.xadd(KEYS.events, {"resource": fragment("run-a")})  # in play
+    sync_redis.xadd(eight.shard(3).events, {"resource": fragment("run-b")})
+    sync_redis.xadd(eight.shard(3).events, {"resource": fragment("run-b")})
+    dead = letter(fragment("run-c"), Reason.EXHAUSTED)
+    sync_redis.xadd(eight.shard(5).dead, dead.fields())
+    sync_redis.xadd(eight.shard(0).events, {"resource": fragment("run-d")})
     sync_redis.xtrim(eight.shard(0).events, maxlen=0)  # drained and trimmed: empty, not listed
     sync_redis.xadd("metricrelay:eventsource", {"resource": b"x"})  # not a name of ours
     sync_redis.set("metricrelay:events:{1of8}:note", "not a stream")
@@ -243,7 +231,7 @@ def test_streams_of_another_layout_are_found_and_alert(
     # one stream is (its entry waits for nobody)
     code, doc = _status(cli, "--shards", "8")
     assert doc["stray"] == [{"key": "metricrelay:events", "kind": "events", "length": 1}]
-    sync_redis.delete(ops.keys.events, eight.shard(3).events)
+    sync_redis.delete(KEYS.events, eight.shard(3).events)
     code, doc = _status(cli)  # stray dead letters alone are listed, but no alert
     assert (code, [s["kind"] for s in doc["stray"]], doc["thresholds"]["exceeded"]) == (
         0,
@@ -253,9 +241,9 @@ def test_streams_of_another_layout_are_found_and_alert(
 
 
 def test_status_names_the_owner_of_the_one_stream_and_says_when_redis_is_full(
-    sync_redis: redis.Redis, ops: SimpleNamespace, cli: Any
+    sync_redis: redis.Redis, cli: Any
 ) -> None:
-    _known_state(sync_redis, ops)
+    _known_state(sync_redis)
     sync_redis.set(Keys().shard(0).lease, "worker-a-17")
     code, doc = _status(cli)
     assert code == 0 and doc["shards"][0]["owner"] == "worker-a-17"

@@ -12,6 +12,8 @@ from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 from metricrelay.producer import compat
 
+pytestmark = pytest.mark.integration  # a real redis-server
+
 
 def fragments(url: str) -> list[dict[str, object]]:
     client = redis.Redis.from_url(url)

@@ -15,10 +15,13 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from tests.support.reference_api import read_back
 
 from metricrelay.api.server import BackgroundServer
 from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
+
+pytestmark = pytest.mark.integration  # a real redis-server
 
 KEYS = Keys()
 FOUR = Keys(shards=4)
@@ -153,7 +156,6 @@ def test_sap_sdk_in_cluster_mode_through_ingest_unchanged(
     api: BackgroundServer,
     ingest: str,
     start_worker: Callable[..., Any],
-    read_back: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from ai_core_sdk.ai_core_v2_client import AICoreV2Client  # noqa: PLC0415
@@ -181,9 +183,8 @@ def test_sap_sdk_in_cluster_mode_through_ingest_unchanged(
         execution_id="ignored", metrics=points, tags=[MetricTag(name="stage", value="train")]
     )
     Tracking().log_metrics(metrics=points[:1], artifact_name="model")
-    worker = start_worker(private_redis.url, api, "--burst")
-    worker.wait(timeout=60)
-    assert worker.returncode == 0
+    worker = start_worker(private_redis.url, api, burst=True)
+    assert worker.process.wait(timeout=60) == 0, worker.log_text()
     resource = read_back(api, "run-incluster-1")
     assert len(resource["metrics"]) == 51  # the repeat of step 0 carries the artifact label
     artifact = {"name": "metrics.ai.sap.com/Artifact.name", "value": "model"}

@@ -14,11 +14,14 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from tests.support.reference_api import read_back
 
 from metricrelay import AsyncEmitter, Emitter, PointError
 from metricrelay.api.server import BackgroundServer
 from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
+
+pytestmark = pytest.mark.integration  # a real redis-server
 
 KEYS = Keys()
 
@@ -43,7 +46,6 @@ def test_round_trip_and_the_end_of_run_barrier(
     private_redis: RedisServer,
     api: BackgroundServer,
     start_worker: Callable[..., Any],
-    read_back: Callable[..., Any],
 ) -> None:
     with emitter(private_redis, "run-emitter-1") as run:
         run.log_metric("loss", 1.0, step=0)
@@ -147,7 +149,6 @@ def test_eight_processes_log_to_one_execution(
     private_redis: RedisServer,
     api: BackgroundServer,
     start_worker: Callable[..., Any],
-    read_back: Callable[..., Any],
 ) -> None:
     start_worker(private_redis.url, api)
     ranks = [
@@ -179,7 +180,6 @@ async def test_async_emitter_round_trip(
     private_redis: RedisServer,
     api: BackgroundServer,
     start_worker: Callable[..., Any],
-    read_back: Callable[..., Any],
 ) -> None:
     start_worker(private_redis.url, api)
     async with AsyncEmitter("run-async-1", redis_url=private_redis.url, flush_interval=0.02) as run:

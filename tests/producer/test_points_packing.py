@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from metricrelay.codec import decode_entry
-from metricrelay.producer.packing import Named, pack
+from metricrelay.producer.packing import Named, Packer, pack
 from metricrelay.producer.points import (
     PointError,
     check_labels,
@@ -69,6 +69,22 @@ def test_pack_respects_every_limit_and_the_worker_accepts_each_fragment() -> Non
         assert sum(len(orjson.dumps(i)) for i in infos) <= 5_000_000
         total_metrics += len(fragment.get("metrics", []))
     assert total_metrics == 2500
+
+
+def test_the_packer_takes_checked_metrics_as_emit_gives_them() -> None:
+    packer = Packer("default", "run-pack-2")
+    for step in range(2500):
+        packer.add_metric({"name": "loss", "value": 0.5, "step": step})
+    closed = packer.take()
+    assert [count for _, count in closed] == [1000, 1000] and packer.pending == 500
+    packer.close()
+    last, count = packer.take()[0]
+    assert count == 500 and packer.pending == 0 and packer.take() == []
+    assert orjson.loads(last) == {
+        "resourceGroup": "default",
+        "executionId": "run-pack-2",
+        "metrics": [{"name": "loss", "value": 0.5, "step": s} for s in range(2000, 2500)],
+    }
 
 
 def test_emitter_settings_come_from_arguments_else_the_environment() -> None:

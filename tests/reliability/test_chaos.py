@@ -6,16 +6,21 @@ import os
 import random
 import subprocess
 import sys
-import time
 from typing import Any
 
 import orjson
+import pytest
+import redis
+from tests.support.waiting import until_sync
 
 from metricrelay import Emitter
 from metricrelay.devtools.demo_stack import QUICK_WORKER_ENV
 from metricrelay.devtools.embedded import free_port
 
+pytestmark = pytest.mark.integration  # a real redis-server, the reference API, worker processes
+
 KEYS_DEAD = "metricrelay:dead"
+KEYS_EVENTS = "metricrelay:events"
 SCALE = int(os.environ.get("METRICRELAY_CHAOS_SCALE", "1"))  # make chaos: 10
 QUICK = dict(QUICK_WORKER_ENV)  # seconds, not minutes, per run
 
@@ -36,6 +41,24 @@ def server_stats(stack: Any) -> dict[str, Any]:
         return result
 
 
+def entry_id(raw: bytes) -> tuple[int, int]:
+    milliseconds, _, sequence = raw.decode().partition("-")
+    return int(milliseconds), int(sequence)
+
+
+def last_written(client: redis.Redis) -> tuple[int, int]:
+    """The id of the last entry ever added to the event stream, (0, 0) before the first."""
+    if not client.exists(KEYS_EVENTS):
+        return (0, 0)
+    return entry_id(client.xinfo_stream(KEYS_EVENTS)["last-generated-id"])
+
+
+def read_past(client: redis.Redis, before: tuple[int, int]) -> bool:
+    """Whether the workers' group has read an entry added after the one ``before`` names."""
+    groups = client.xinfo_groups(KEYS_EVENTS) if client.exists(KEYS_EVENTS) else []
+    return bool(groups) and entry_id(groups[0]["last-delivered-id"]) > before
+
+
 def test_workers_killed_at_random_lose_nothing(stack: Any, rng: random.Random) -> None:
     stack.start_api()
     stack.worker_env = QUICK
@@ -44,11 +67,14 @@ def test_workers_killed_at_random_lose_nothing(stack: Any, rng: random.Random) -
     per_execution, rounds = 2000 * SCALE, 10
     written: set[Any] = set()
     kills = 0
+    client = stack.client()
     for number in range(rounds):
         part = range(number * per_execution // rounds, (number + 1) * per_execution // rounds)
+        before = last_written(client)
         for execution in executions:
             written |= stack.xadd_points(execution, part, per_entry=rng.choice([1, 10, 200]))
-        time.sleep(0.3)  # let the workers get busy: the kill must land mid-work
+        # the kill must land mid-work: once the workers have read some of this round
+        until_sync(lambda: read_past(client, before), timeout=60)  # noqa: B023 - called here
         victim = rng.choice(list(workers))
         workers[victim].kill()
         kills += 1

@@ -42,6 +42,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from tests.support.waiting import until_sync
 
 from metricrelay.devtools.demo_stack import DEMO_TOKEN, QUICK_WORKER_ENV, ChildProcess, start_worker
 from metricrelay.devtools.faultproxy import FaultConfig, FaultProxy
@@ -270,17 +271,20 @@ def run_production(run: Run, ledger: Ledger, rng: random.Random) -> None:
 def wait_delivered(stack: Any, run: Run, timeout: float = 20.0) -> None:
     """Give the workers (faults off) the time to read the backlog, so that SIGTERM finds them
     busy with the last of it rather than far behind; stops early if none is alive."""
-    deadline = time.monotonic() + timeout
     client = stack.client()
-    while time.monotonic() < deadline:
-        group = client.xinfo_groups(KEYS.events)[0]
-        if not int(group.get("lag") or 0):
-            return
+
+    def read_or_ended() -> str | None:
+        if not int(client.xinfo_groups(KEYS.events)[0].get("lag") or 0):
+            return "read"
         if all(w.process.poll() is not None for w in run.workers.values()):
+            return "ended"
+        return None
+
+    try:
+        if until_sync(read_or_ended, timeout=timeout, interval=0.1) == "ended":
             run.note("every worker had ended before the backlog was read")
-            return
-        time.sleep(0.1)  # polling with a deadline
-    run.note(f"backlog not read within {timeout}s of the faults stopping")
+    except TimeoutError:
+        run.note(f"backlog not read within {timeout}s of the faults stopping")
 
 
 def stop_workers(run: Run) -> list[str]:

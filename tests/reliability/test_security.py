@@ -13,9 +13,11 @@ import aiohttp
 import pytest
 import redis
 from aiohttp import web
+from tests.support.waiting import until_sync
 
 from metricrelay.codec import EncodedFragment
 from metricrelay.deadletter import Reason
+from metricrelay.devtools.demo_stack import start_worker
 from metricrelay.devtools.embedded import find_redis_server, free_port
 from metricrelay.relay.batching import Coalescer
 from metricrelay.relay.dispatch import Dispatcher
@@ -44,6 +46,14 @@ def make_certificates(folder: Path) -> dict[str, Path]:
     }
 
 
+def answers(client: redis.Redis) -> bool:
+    """Whether the server answers a PING (False while it is starting)."""
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
 def test_no_code_path_turns_tls_verification_off() -> None:
     for path in SRC.rglob("*.py"):
         text = path.read_text()
@@ -51,6 +61,7 @@ def test_no_code_path_turns_tls_verification_off() -> None:
             assert switch not in text, f"{path} contains {switch}"
 
 
+@pytest.mark.integration  # an HTTPS server
 async def test_the_dispatcher_refuses_an_untrusted_https_api(tmp_path: Path) -> None:
     certs = make_certificates(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -93,6 +104,7 @@ async def test_the_dispatcher_refuses_an_untrusted_https_api(tmp_path: Path) -> 
     assert "CERTIFICATE_VERIFY_FAILED" in failure.error
 
 
+@pytest.mark.integration  # redis-server with TLS, the reference API, a worker process
 def test_rediss_urls_work_and_verify_the_server(tmp_path: Path, stack: Any) -> None:
     certs = make_certificates(tmp_path)
     port = free_port()
@@ -105,14 +117,7 @@ def test_rediss_urls_work_and_verify_the_server(tmp_path: Path, stack: Any) -> N
     url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={certs['ca']}"
     try:
         client = redis.Redis.from_url(url, retry_on_timeout=True)
-        for _ in range(200):  # the server starting: poll it, bounded
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                import time  # noqa: PLC0415
-
-                time.sleep(0.02)
+        until_sync(lambda: answers(client), timeout=10, what="redis-server with TLS is up")
         with pytest.raises(redis.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
             redis.Redis.from_url(f"rediss://127.0.0.1:{port}/0").ping()  # untrusted: refused
         stack.start_api()
@@ -120,13 +125,11 @@ def test_rediss_urls_work_and_verify_the_server(tmp_path: Path, stack: Any) -> N
             "metricrelay:events",
             {"resource": b'{"executionId":"tls-01","metrics":[{"name":"m","value":1,"step":1}]}'},
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "metricrelay", "worker", "--burst", "--redis-url", url,
-             "--api-url", f"{stack.api_url}/v2", "--linger", "0.05"],
-            env={"PATH": "/usr/bin:/bin", "METRICRELAY_TOKEN": "demo-token"},
-            capture_output=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        worker = start_worker(
+            stack.folder, 1, url, stack.api_url, burst=True, METRICRELAY_LINGER="0.05"
+        )
+        stack.workers.append(worker)  # stopped with the stack, whatever happens
+        assert worker.process.wait(60) == 0, worker.log_text()[-2000:]
         written = {stack.identity("tls-01", {"name": "m", "step": 1})}
         audit = stack.audit(written, ["tls-01"])
         assert not audit.missing and audit.dead == {}
@@ -135,6 +138,7 @@ def test_rediss_urls_work_and_verify_the_server(tmp_path: Path, stack: Any) -> N
         server.wait(10)
 
 
+@pytest.mark.integration  # a real redis-server, the reference API, a worker process
 def test_secrets_are_absent_from_logs_dead_letters_and_status(stack: Any) -> None:
     stack.api_args = ("--client-id", "relay", "--client-secret", SECRET, "--expires-in", "1",
                       "--reject-names", "^poison")  # fmt: skip

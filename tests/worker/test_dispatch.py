@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from tests.support.scripted_api import ScriptedApi
 
 from metricrelay.codec import EncodedFragment
 from metricrelay.deadletter import Reason
@@ -16,7 +17,7 @@ from metricrelay.relay.batching import Body, Coalescer, Limits
 from metricrelay.relay.dispatch import Dispatcher
 from metricrelay.retry import RetryPolicy
 
-ScriptedApi = Any  # the fixture's class lives in conftest.py, which tests do not import
+pytestmark = pytest.mark.integration  # a scripted HTTP server on a loopback port
 
 ERROR = orjson.dumps({"error": {"code": "x", "message": "bad", "requestId": "r", "target": "/"}})
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as redis_asyncio
+from tests.support.scripted_api import ScriptedApi
+from tests.support.settings import worker_settings
+from tests.support.waiting import until
 
 from metricrelay.deadletter import Reason, read_dead_letters
 from metricrelay.devtools.embedded import RedisServer
@@ -22,19 +23,9 @@ from metricrelay.progress import ack_with_progress
 from metricrelay.relay.service import open_shard_worker
 from metricrelay.relay.stream import EventStream
 
-from .conftest import ScriptedApi
-from .test_worker import settings_for
-
 pytestmark = pytest.mark.integration
 
 KEYS = Keys()
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def in_flight(worker: Any, deliveries: int) -> None:
@@ -64,7 +55,7 @@ async def test_1_a_lost_lease_gives_every_held_byte_back_to_the_budget(
     scripted_api.delay = 30.0  # deliveries hang in flight
     await xadd(redis_client, [point(f"exec-{i:04d}", 1) for i in range(8)])
     async with AsyncExitStack() as stack:
-        worker = await open_shard_worker(settings_for(redis_server, scripted_api.url), stack)
+        worker = await open_shard_worker(worker_settings(redis_server.url, scripted_api.url), stack)
         run = asyncio.create_task(worker.run(asyncio.Event()))
 
         await in_flight(worker, 8)
@@ -107,7 +98,7 @@ async def test_2_an_unexpected_error_stops_deliveries_and_lets_go_before_it_esca
 ) -> None:
     scripted_api.delay = 30.0
     await xadd(redis_client, [point(f"exec-{i:04d}", 1) for i in range(4)])
-    settings = settings_for(redis_server, scripted_api.url, trim_interval=0.05)
+    settings = worker_settings(redis_server.url, scripted_api.url, trim_interval=0.05)
     async with AsyncExitStack() as stack:
         worker = await open_shard_worker(settings, stack)
         run = asyncio.create_task(worker.run(asyncio.Event()))
@@ -156,7 +147,7 @@ async def test_3_a_refused_token_sends_nothing_after_the_body_it_held_back(
         for _ in range(6)
     ]
     await xadd(redis_client, entries)
-    settings = settings_for(redis_server, scripted_api.url, max_body_bytes=1024)
+    settings = worker_settings(redis_server.url, scripted_api.url, max_body_bytes=1024)
     async with AsyncExitStack() as stack:
         worker = await open_shard_worker(settings, stack)
         worker.dispatcher.tokens = RefusedOnce()
@@ -182,7 +173,9 @@ async def test_5_a_worker_started_while_redis_is_full_waits_reports_and_goes_on(
     await redis_client.config_set("maxmemory", 1)  # full: every deny-oom write is refused
     try:
         async with AsyncExitStack() as stack:
-            worker = await open_shard_worker(settings_for(redis_server, scripted_api.url), stack)
+            worker = await open_shard_worker(
+                worker_settings(redis_server.url, scripted_api.url), stack
+            )
             run = asyncio.create_task(worker.run(asyncio.Event(), burst=True))
 
             async def reported() -> bool:
@@ -288,7 +281,7 @@ async def test_entries_whose_read_reply_was_lost_are_taken_back_before_newer_one
     await xadd(redis_client, [point("exec-0001", 0, tags=tags[0])])
     await stream.read(10, None)  # applied by Redis; the worker never saw the reply
     await xadd(redis_client, [point("exec-0001", 1, tags=tags[1])])
-    settings = settings_for(redis_server, scripted_api.url, consumer_name="me")
+    settings = worker_settings(redis_server.url, scripted_api.url, consumer_name="me")
     async with AsyncExitStack() as stack:
         worker = await open_shard_worker(settings, stack)
         await asyncio.wait_for(worker.run(asyncio.Event(), burst=True), 30)

@@ -13,13 +13,13 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as redis_asyncio
+from tests.support.settings import worker_settings
+from tests.support.waiting import until
 
 from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 from metricrelay.relay.fleet import Fleet
 from metricrelay.relay.service import open_worker
-
-from .test_worker import settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +40,6 @@ async def xadd_steps(client: redis_asyncio.Redis, executions: list[str], steps: 
                 KEYS.route("default", execution).events, {"resource": fragment(execution, step)}
             )
     await pipe.execute()
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.05)  # the fleet works in the background: poll with a deadline
 
 
 async def ticks(fleet: Fleet, count: int) -> None:
@@ -74,8 +68,8 @@ async def ticks(fleet: Fleet, count: int) -> None:
 async def running_fleet(
     redis_server: RedisServer, api_url: str, name: str, **overrides: Any
 ) -> AsyncIterator[Fleet]:
-    settings = settings_for(
-        redis_server, api_url, shards=4, lease_ttl=1.0, consumer_name=name, **overrides
+    settings = worker_settings(
+        redis_server.url, api_url, shards=4, lease_ttl=1.0, consumer_name=name, **overrides
     )
     async with AsyncExitStack() as stack:
         fleet = await open_worker(settings, stack)
@@ -306,8 +300,8 @@ async def test_one_stream_has_one_owner_and_the_others_stand_by(
     async with AsyncExitStack() as stack:
         fleets, tasks, stop = [], [], asyncio.Event()
         for n in range(3):
-            settings = settings_for(
-                redis_server, scripted_api.url, lease_ttl=1.0, consumer_name=f"replica-{n}"
+            settings = worker_settings(
+                redis_server.url, scripted_api.url, lease_ttl=1.0, consumer_name=f"replica-{n}"
             )
             fleet = await open_worker(settings, stack)
             fleets.append(fleet)
@@ -316,7 +310,7 @@ async def test_one_stream_has_one_owner_and_the_others_stand_by(
         async def delivered() -> bool:
             return sum(len(d["metrics"]) for d in scripted_api.accepted) >= 1200
 
-        await until(delivered, 60)
+        await until(delivered, timeout=60)
         assert sorted(f.shards_owned for f in fleets) == [0, 0, 1]
         owner = await redis_client.get(ONE.shard(0).lease)
         assert owner is not None and owner.decode().startswith("replica-")
@@ -349,7 +343,7 @@ async def test_a_shard_worker_that_crashes_is_started_again(
     for step in range(50):
         pipe.xadd(ONE.events, {"resource": fragment("exec-0001", step)})
     await pipe.execute()
-    settings = settings_for(redis_server, scripted_api.url, lease_ttl=1.0)
+    settings = worker_settings(redis_server.url, scripted_api.url, lease_ttl=1.0)
     async with AsyncExitStack() as stack:
         fleet = await open_worker(settings, stack)
         await asyncio.wait_for(fleet.run(asyncio.Event(), burst=True), 90)

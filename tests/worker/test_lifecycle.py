@@ -3,58 +3,76 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import redis.asyncio as redis_asyncio
+from tests.support.waiting import until
 
+from metricrelay.devtools.demo_stack import QUICK_WORKER_ENV, ChildProcess, start_worker
 from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 
+pytestmark = pytest.mark.integration
+
 KEYS = Keys()
 SECRET = "s3cret-value"
+QUICK = {
+    **QUICK_WORKER_ENV,
+    "METRICRELAY_RETRY_BASE": "0.01",
+    "METRICRELAY_RETRY_CAP": "0.1",
+    "METRICRELAY_CONCURRENCY": "2",
+}
 
 
-def oauth_env(env: dict[str, str], api: Any, secret: str) -> dict[str, str]:
-    """The same environment, with client credentials against the scripted token endpoint."""
+def oauth_env(api: Any, secret: str) -> dict[str, str]:
+    """Client credentials against the scripted token endpoint, instead of a fixed token."""
     base = api.url.removesuffix("/v2/lm/metrics")
-    out = {k: v for k, v in env.items() if k != "METRICRELAY_TOKEN"}
-    out.update(
-        METRICRELAY_AUTH_URL=f"{base}/oauth/token",
-        METRICRELAY_CLIENT_ID="client-1",
-        METRICRELAY_CLIENT_SECRET=secret,
+    return {
+        "METRICRELAY_TOKEN": "",  # empty: unset
+        "METRICRELAY_AUTH_URL": f"{base}/oauth/token",
+        "METRICRELAY_CLIENT_ID": "client-1",
+        "METRICRELAY_CLIENT_SECRET": secret,
+    }
+
+
+Launch = Callable[..., ChildProcess]
+
+
+@pytest.fixture
+def launch(tmp_path: Path, redis_server: RedisServer, scripted_api: Any) -> Iterator[Launch]:
+    """``launch(number, burst=False, **env)``: worker ``number`` (its own consumer name) on the
+    test Redis and the scripted API, logging at DEBUG; stopped at the end if still running."""
+    started: list[ChildProcess] = []
+
+    def start(number: int, *, burst: bool = False, **env: str) -> ChildProcess:
+        worker = start_worker(
+            tmp_path,
+            number,
+            redis_server.url,
+            scripted_api.url.removesuffix("/v2/lm/metrics"),
+            burst=burst,
+            args=("--log-level", "DEBUG"),
+            **{**QUICK, **env},
+        )
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+async def exited(worker: ChildProcess, timeout: float) -> int:
+    """The worker's exit code, once it has exited (the scripted API runs on this event loop)."""
+    await until(
+        lambda: worker.process.poll() is not None, timeout=timeout, what=f"{worker.name} exits"
     )
-    return out
-
-
-def worker_env(redis_server: RedisServer, api: Any, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("METRICRELAY_", "AICORE_"))}
-    env.update(
-        {
-            "METRICRELAY_REDIS_URL": redis_server.url,
-            "METRICRELAY_API_URL": api.url.removesuffix("/lm/metrics"),
-            "METRICRELAY_TOKEN": "fixed-token",
-            "METRICRELAY_LINGER": "0.05",
-            "METRICRELAY_BLOCK_MS": "50",
-            "METRICRELAY_RETRY_BASE": "0.01",
-            "METRICRELAY_RETRY_CAP": "0.1",
-            "METRICRELAY_RETRY_BUDGET": "2",
-            "METRICRELAY_REQUEST_TIMEOUT": "2",
-            "METRICRELAY_CONCURRENCY": "2",
-            **extra,
-        }
-    )
-    return env
-
-
-async def start_worker(env: dict[str, str], *flags: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "metricrelay", "--log-level", "DEBUG", "worker", *flags,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    return worker.stop()
 
 
 async def write_points(client: redis_asyncio.Redis, executions: int, entries: int, per: int) -> int:
@@ -70,33 +88,22 @@ async def write_points(client: redis_asyncio.Redis, executions: int, entries: in
     return executions * entries * per
 
 
-async def until(condition: Any, timeout: float = 30.0) -> None:
-    """Poll a condition with a deadline (the peer is another process: no event to await)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 def delivered(api: Any) -> tuple[set[tuple[str, int]], int]:
     points = [(d["executionId"], m["step"]) for d in api.accepted for m in d["metrics"]]
     return set(points), len(points) - len(set(points))
 
 
 async def test_sigkill_mid_run_another_worker_reclaims_and_nothing_is_lost(
-    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+    redis_client: redis_asyncio.Redis, scripted_api: Any, launch: Launch
 ) -> None:
     total = await write_points(redis_client, executions=10, entries=20, per=100)
     scripted_api.delay = 0.02
-    env = worker_env(redis_server, scripted_api)
-    victim = await start_worker(env)
+    victim = launch(1)
     await until(lambda: len(scripted_api.accepted) >= 5)
-    victim.send_signal(signal.SIGKILL)
-    await victim.wait()
+    victim.kill()
     assert (await redis_client.xpending(KEYS.events, KEYS.group))["pending"] > 0
-    rescuer = await start_worker(env, "--burst")
-    _out, err = await asyncio.wait_for(rescuer.communicate(), 60)
-    assert rescuer.returncode == 0, err.decode()
+    rescuer = launch(2, burst=True)
+    assert await exited(rescuer, 60) == 0, rescuer.log_text()
     unique, duplicates = delivered(scripted_api)
     assert len(unique) == total
     print(f"SIGKILL: {total} points delivered, {duplicates} delivered twice (at-least-once)")
@@ -104,27 +111,25 @@ async def test_sigkill_mid_run_another_worker_reclaims_and_nothing_is_lost(
 
 
 async def test_sigterm_drains_and_exits_0_within_the_deadline(
-    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+    redis_client: redis_asyncio.Redis, scripted_api: Any, launch: Launch
 ) -> None:
     total = await write_points(redis_client, executions=5, entries=40, per=50)
     scripted_api.delay = 0.01
-    env = worker_env(redis_server, scripted_api, METRICRELAY_DRAIN_DEADLINE="10")
-    worker = await start_worker(env)
+    worker = launch(1, METRICRELAY_DRAIN_DEADLINE="10")
     await until(lambda: len(scripted_api.accepted) >= 3)
     started = asyncio.get_running_loop().time()
-    worker.send_signal(signal.SIGTERM)
-    _, err = await asyncio.wait_for(worker.communicate(), 20)
-    assert worker.returncode == 0, err.decode()
+    worker.process.send_signal(signal.SIGTERM)
+    assert await exited(worker, 20) == 0, worker.log_text()
     assert asyncio.get_running_loop().time() - started < 10 + 2
     # what it had taken it delivered and acknowledged; the rest was never taken from the stream
     assert (await redis_client.xpending(KEYS.events, KEYS.group))["pending"] == 0
-    finisher = await start_worker(env, "--burst")
-    await asyncio.wait_for(finisher.communicate(), 60)
+    finisher = launch(2, burst=True)
+    await exited(finisher, 60)
     assert len(delivered(scripted_api)[0]) == total
 
 
 async def test_token_expiry_and_401_refresh_and_the_secret_is_never_shown(
-    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+    redis_client: redis_asyncio.Redis, scripted_api: Any, launch: Launch
 ) -> None:
     total = await write_points(redis_client, executions=4, entries=30, per=20)
     scripted_api.token_lifetime = 1  # expires within the run
@@ -143,56 +148,51 @@ async def test_token_expiry_and_401_refresh_and_the_secret_is_never_shown(
         return (204, {}, b"")
 
     scripted_api.answer = answer
-    env = oauth_env(worker_env(redis_server, scripted_api), scripted_api, SECRET)
-    worker = await start_worker(env, "--burst")
-    out, err = await asyncio.wait_for(worker.communicate(), 60)
-    assert worker.returncode == 0, err.decode()
+    env = oauth_env(scripted_api, SECRET)
+    worker = launch(1, burst=True, **env)
+    assert await exited(worker, 60) == 0, worker.log_text()
     assert len(delivered(scripted_api)[0]) == total
     assert len(scripted_api.tokens_issued) >= 2
     assert scripted_api.token_forms[0]["grant_type"] == "client_credentials"
-    output = out + err
-    assert SECRET.encode() not in output
+    output = worker.log_text()  # its stdout and stderr
+    assert SECRET not in output
     for token in scripted_api.tokens_issued:
-        assert token.encode() not in output
+        assert token not in output
     assert await redis_client.xlen(KEYS.dead) == 0
 
 
 async def test_refused_credentials_stop_the_worker_and_lose_nothing(
-    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+    redis_client: redis_asyncio.Redis, scripted_api: Any, launch: Launch
 ) -> None:
     await write_points(redis_client, executions=2, entries=3, per=10)
-    env = oauth_env(worker_env(redis_server, scripted_api), scripted_api, "wrong-secret")
-    worker = await start_worker(env, "--burst")
-    out, err = await asyncio.wait_for(worker.communicate(), 60)
-    assert worker.returncode == 2
-    assert b"refused the credentials" in err
-    assert b"wrong-secret" not in out + err
+    env = oauth_env(scripted_api, "wrong-secret")
+    worker = launch(1, burst=True, **env)
+    assert await exited(worker, 60) == 2
+    output = worker.log_text()  # its stdout and stderr
+    assert "refused the credentials" in output
+    assert "wrong-secret" not in output
     assert scripted_api.accepted == []
     assert await redis_client.xlen(KEYS.dead) == 0  # nothing dead-lettered for a config error
     assert (await redis_client.xpending(KEYS.events, KEYS.group))["pending"] > 0
 
 
 async def test_a_second_signal_exits_at_once_leaving_work_pending(
-    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+    redis_client: redis_asyncio.Redis, scripted_api: Any, launch: Launch
 ) -> None:
     await write_points(redis_client, executions=3, entries=5, per=10)
     scripted_api.delay = 60.0  # requests hang: a drain could only end at its deadline
-    env = worker_env(
-        redis_server,
-        scripted_api,
+    worker = launch(
+        1,
         METRICRELAY_DRAIN_DEADLINE="25",
         METRICRELAY_REQUEST_TIMEOUT="50",
         METRICRELAY_RETRY_BUDGET="100",
     )
-    worker = await start_worker(env)
     await until(lambda: scripted_api.patches_started > 0)  # a request is hanging in the server
     started = asyncio.get_running_loop().time()
-    worker.send_signal(signal.SIGTERM)
-    assert worker.stderr is not None
-    while b"stopping: draining" not in await asyncio.wait_for(worker.stderr.readline(), 10):
-        pass  # the first signal was handled; a second one now is not merged with it
-    worker.send_signal(signal.SIGTERM)
-    await asyncio.wait_for(worker.wait(), 10)
+    worker.process.send_signal(signal.SIGTERM)
+    # the first signal was handled; a second one now is not merged with it
+    await until(lambda: "stopping: draining" in worker.log_text(), timeout=10)
+    worker.process.send_signal(signal.SIGTERM)
+    assert await exited(worker, 10) != 0
     assert asyncio.get_running_loop().time() - started < 10  # far below the 25 s deadline
-    assert worker.returncode != 0
     assert (await redis_client.xpending(KEYS.events, KEYS.group))["pending"] > 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as redis_asyncio
 
 from metricrelay.keys import Keys
 from metricrelay.relay.stream import EventStream
+
+pytestmark = pytest.mark.integration  # a real redis-server
 
 KEYS = Keys()
 

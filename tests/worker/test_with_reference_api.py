@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as redis_asyncio
+from tests.support.settings import worker_settings
 
 from metricrelay.api import ApiConfig, FaultConfig
 from metricrelay.api.server import RunningServer, start_server
@@ -21,7 +22,8 @@ from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
 from metricrelay.relay.service import open_shard_worker
 from metricrelay.relay.worker import Worker
-from metricrelay.settings import Settings
+
+pytestmark = pytest.mark.integration  # a real redis-server and the reference server
 
 KEYS = Keys()
 TOKEN = "reference-static-token"
@@ -35,22 +37,14 @@ async def reference_api(**faults: Any) -> RunningServer:
 async def run_worker_burst(
     redis_server: RedisServer, api: RunningServer, **overrides: Any
 ) -> Worker:
-    settings = Settings.from_sources(
-        {
-            "redis_url": redis_server.url,
-            "api_url": api.base_url,
-            "token": TOKEN,
-            "consumer_name": f"it-{random.randrange(10**9)}",
-            "linger": 0.05,
-            "block_ms": 50,
-            "retry_base": 0.01,
-            "retry_cap": 0.05,
-            "retry_after_cap": 0.05,  # the server asks for 1 s; keep the test quick
-            "retry_budget": 30.0,
-            "request_timeout": 10.0,
-            **overrides,
-        },
-        env={},
+    settings = worker_settings(
+        redis_server.url,
+        api.base_url,
+        token=TOKEN,
+        retry_after_cap=0.05,  # the server asks for 1 s; keep the test quick
+        retry_budget=30.0,
+        request_timeout=10.0,
+        **overrides,
     )
     async with AsyncExitStack() as stack:
         worker = await open_shard_worker(settings, stack)

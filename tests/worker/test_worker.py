@@ -9,7 +9,9 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
+import pytest
 import redis.asyncio as redis_asyncio
+from tests.support.settings import worker_settings
 
 from metricrelay.deadletter import Reason, read_dead_letters
 from metricrelay.devtools.embedded import RedisServer
@@ -19,25 +21,10 @@ from metricrelay.relay.service import open_shard_worker
 from metricrelay.relay.worker import Worker
 from metricrelay.settings import Settings
 
+pytestmark = pytest.mark.integration
+
 KEYS = Keys()
 LIMITS = {"metrics": 1000, "tags": 100, "customInfo": 100}
-
-
-def settings_for(redis_server: RedisServer, api_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "redis_url": redis_server.url,
-        "api_url": api_url.removesuffix("/lm/metrics"),
-        "token": "fixed-token",
-        "consumer_name": f"test-{random.randrange(10**9)}",
-        "linger": 0.05,
-        "block_ms": 50,
-        "retry_base": 0.01,
-        "retry_cap": 0.05,
-        "retry_budget": 5.0,
-        "request_timeout": 5.0,
-        **overrides,
-    }
-    return Settings.from_sources(values, env={})
 
 
 async def run_burst(settings: Settings, timeout: float = 60.0, **config: Any) -> Worker:
@@ -91,7 +78,7 @@ async def test_every_point_arrives_in_order_and_the_stream_is_acknowledged(
             documents.append({"executionId": f"exec-{execution:03d}", "metrics": metrics})
         written[f"exec-{execution:03d}"] = step
     await xadd_all(redis_client, documents)
-    worker = await run_burst(settings_for(redis_server, scripted_api.url, concurrency=8))
+    worker = await run_burst(worker_settings(redis_server.url, scripted_api.url, concurrency=8))
     received: dict[str, list[int]] = {}
     for document in scripted_api.accepted:
         received.setdefault(document["executionId"], []).extend(
@@ -125,7 +112,7 @@ async def test_bad_entries_are_dead_lettered_with_their_reason_and_the_rest_flow
     ]
     ids = await xadd_all(redis_client, [good, *bad, good])
     no_field = await redis_client.xadd(KEYS.events, {"other": b"x"})
-    await run_burst(settings_for(redis_server, scripted_api.url))
+    await run_burst(worker_settings(redis_server.url, scripted_api.url))
     letters = await read_dead_letters(redis_client, KEYS)
     assert [letter.source_ids for _, letter in letters] == [[i] for i in ids[1:-1]] + [
         [no_field.decode()]
@@ -156,7 +143,7 @@ async def test_one_rejected_metric_of_a_thousand_is_dead_lettered_alone(
     metrics = [point(0, i) for i in range(1000)]
     metrics[437] = {"name": "poison", "value": 1.0, "step": 437}
     [entry_id] = await xadd_all(redis_client, [{"executionId": "exec-1", "metrics": metrics}])
-    await run_burst(settings_for(redis_server, scripted_api.url))
+    await run_burst(worker_settings(redis_server.url, scripted_api.url))
     [(_, letter)] = await read_dead_letters(redis_client, KEYS)
     assert letter.reason is Reason.REJECTED
     assert letter.status == 400
@@ -177,7 +164,7 @@ async def test_entries_delivered_too_often_become_poison(
         "XCLAIM", KEYS.events, KEYS.group, "crashed-worker", 0, entry_id, "RETRYCOUNT", 5
     )
     # the entry was last delivered moments ago: reclaim at once instead of after a batch's life
-    worker = await run_burst(settings_for(redis_server, scripted_api.url), reclaim_idle_ms=0)
+    worker = await run_burst(worker_settings(redis_server.url, scripted_api.url), reclaim_idle_ms=0)
     [(_, letter)] = await read_dead_letters(redis_client, KEYS)
     assert letter.reason is Reason.POISON
     assert letter.attempts == 6
@@ -198,7 +185,7 @@ async def test_memory_is_bounded_the_stream_is_the_buffer(
     budget, read_count = 20_000, 50
     peak = 0
     async with AsyncExitStack() as stack:
-        worker = await open_shard_worker(settings_for(redis_server, scripted_api.url), stack)
+        worker = await open_shard_worker(worker_settings(redis_server.url, scripted_api.url), stack)
         assert isinstance(worker, Worker)
         worker.config = dataclasses.replace(
             worker.config, memory_budget_bytes=budget, read_count=read_count

@@ -54,7 +54,7 @@ def build_app(
     faults = config.faults
     seed = faults.seed if faults.seed is not None else random.SystemRandom().randrange(2**32)
     stats = Stats(seed)
-    injector = FaultInjector(faults, stats)
+    injector = FaultInjector(faults, stats, monotonic)
     tokens = TokenIssuer(
         expires_in=config.token_expires_in,
         client_id=config.client_id,
@@ -90,16 +90,22 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state.db = await AsyncStore.open(config.db)
     watch = asyncio.create_task(state.stats.loop.run(), name="metricrelay-api-loop-watch")
     faults = config.faults
-    if faults.any_random or faults.latency_ms:
+    if faults.any_random or faults.delayed or faults.rate_limit:
+        latency = f"{faults.latency_ms:g}"
+        if faults.latency_max_ms is not None:
+            latency += f"-{faults.latency_max_ms:g}"
+        limit = "none" if faults.rate_limit is None else f"{faults.rate_limit:g}/s"
         log.info(
-            "fault injection on %s: fail %.3f, throttle %.3f, reset %.3f (%s), latency %g ms, "
-            "seed %d",
+            "fault injection on %s: fail %.3f, throttle %.3f, reset %.3f (%s), latency %s ms, "
+            "rate limit %s (burst %d), seed %d",
             ",".join(sorted(faults.methods)),
             faults.fail_rate,
             faults.throttle_rate,
             faults.reset_rate,
             faults.reset_when,
-            faults.latency_ms,
+            latency,
+            limit,
+            faults.burst,
             state.stats.seed,
         )
     try:

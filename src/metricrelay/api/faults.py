@@ -1,7 +1,10 @@
-"""Injected faults: 503s, 429s, latency, dropped connections, and rules a real API lacks.
+"""Injected faults: 503s, 429s, latency, dropped connections, a request-rate limit, and rules a
+real API lacks.
 
 The random faults draw from one seeded RNG, three draws per faultable request whatever the
-rates, so a seed replays the same sequence of outcomes for the same sequence of requests.
+rates, so a seed replays the same sequence of outcomes for the same sequence of requests. A
+latency range draws from a second RNG of the same seed, so it leaves that sequence as it is. The
+rate limit is a token bucket on the server's monotonic clock (injectable), shared by all clients.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import random
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -24,7 +28,7 @@ from metricrelay.api.config import FaultConfig
 from metricrelay.api.stats import DroppedResponse, Stats
 from metricrelay.models import MetricResource
 
-__all__ = ["Decision", "FaultInjector", "drop_connection", "fault_middleware"]
+__all__ = ["Decision", "FaultInjector", "TokenBucket", "drop_connection", "fault_middleware"]
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +47,53 @@ class Decision(enum.Enum):
     THROTTLE = "throttle"
 
 
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; a request takes one or is refused."""
+
+    def __init__(self, rate: float, burst: int, monotonic: Callable[[], float]) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.monotonic = monotonic
+        self.tokens = float(burst)
+        self._at = monotonic()
+
+    def take(self) -> bool:
+        now = self.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
 class FaultInjector:
     """Decides the fate of each faultable request and screens bodies against the fault rules."""
 
-    def __init__(self, config: FaultConfig, stats: Stats) -> None:
+    def __init__(
+        self,
+        config: FaultConfig,
+        stats: Stats,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.stats = stats
         self._rng = random.Random(stats.seed)
+        self._latency_rng = random.Random(f"latency-{stats.seed}")
+        self.bucket = (
+            None
+            if config.rate_limit is None
+            else TokenBucket(config.rate_limit, config.burst, monotonic)
+        )
+
+    def latency(self) -> float:
+        """Seconds to delay this request: fixed, or drawn from the configured range."""
+        low, high = self.config.latency_ms, self.config.latency_max_ms
+        return (low if high is None else self._latency_rng.uniform(low, high)) / 1000.0
+
+    def over_rate(self) -> bool:
+        """Beyond the rate limit (the request takes a token otherwise)."""
+        return self.bucket is not None and not self.bucket.take()
 
     def draw(self) -> Decision:
         reset, fail, throttle = (self._rng.random() for _ in range(3))
@@ -99,7 +143,8 @@ def drop_connection(request: web.Request) -> None:
 def fault_middleware(
     injector: FaultInjector,
 ) -> Middleware:
-    """Latency, then one random outcome, for the configured methods on the metrics paths."""
+    """Latency, then the rate limit, then one random outcome, for the configured methods on the
+    metrics paths. A request the rate limit refuses still makes its three draws."""
     config = injector.config
     stats = injector.stats
 
@@ -107,10 +152,17 @@ def fault_middleware(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in FAULTABLE_PATHS or request.method not in config.methods:
             return await handler(request)
-        if config.latency_ms:
+        if config.delayed:
             stats.faults["delayed"] += 1
-            await asyncio.sleep(config.latency_ms / 1000.0)
+            await asyncio.sleep(injector.latency())
         decision = injector.draw()
+        if injector.over_rate():
+            stats.faults["rate_limited"] += 1
+            raise ApiError(
+                429,
+                f"Too Many Requests (beyond --rate-limit {config.rate_limit:g} per second)",
+                headers={"Retry-After": str(config.retry_after_s)},
+            )
         if decision is not Decision.PASS:
             stats.faults[decision.value] += 1
             log.debug("injecting %s on %s %s", decision.value, request.method, request.path)

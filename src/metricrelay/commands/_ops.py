@@ -115,20 +115,20 @@ def run_with_redis(
 ) -> tuple[int, T | None]:
     """Run ``main(client)`` on a fresh connection; Redis trouble becomes exit code 1 and a
     message naming the server (password redacted), never a traceback. ``timeout`` (seconds
-    to connect and for each reply) defaults to ``settings.redis_timeout``."""
+    to connect and for each reply) defaults to ``settings.redis.redis_timeout``."""
 
     async def session() -> T:
         client = async_client(
-            settings.redis_url,
-            cluster=settings.cluster,
-            timeout=settings.redis_timeout if timeout is None else timeout,
+            settings.redis.redis_url,
+            cluster=settings.redis.cluster,
+            timeout=settings.redis.redis_timeout if timeout is None else timeout,
         )
         try:
             return await main(client)
         finally:
             await client.aclose()
 
-    where = redact_url(settings.redis_url)
+    where = redact_url(settings.redis.redis_url)
     try:
         return EXIT_OK, asyncio.run(session())
     except REDIS_UNAVAILABLE as exc:

@@ -53,6 +53,31 @@ def _milliseconds(text: str) -> float:
     return value
 
 
+def _latency(text: str) -> tuple[float, float | None]:
+    """``MS`` (fixed) or ``MIN-MAX`` (uniform per request)."""
+    low, dash, high = text.partition("-")
+    if not dash:
+        return _milliseconds(text), None
+    bounds = _milliseconds(low), _milliseconds(high)
+    if bounds[1] < bounds[0]:
+        raise argparse.ArgumentTypeError(f"{text}: the maximum is below the minimum")
+    return bounds
+
+
+def _per_second(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number per second")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not at least 1")
+    return value
+
+
 Flag = tuple[str, dict[str, Any]]
 
 _SERVING: tuple[Flag, ...] = (
@@ -127,7 +152,7 @@ _FAULTS: tuple[Flag, ...] = (
             "metavar": "SECONDS",
             "type": _non_negative,
             "default": 1,
-            "help": "Retry-After of a 429 (default %(default)s)",
+            "help": "Retry-After of a 429, injected or over the rate limit (default %(default)s)",
         },
     ),
     (
@@ -150,10 +175,28 @@ _FAULTS: tuple[Flag, ...] = (
     (
         "--latency-ms",
         {
-            "metavar": "MS",
-            "type": _milliseconds,
-            "default": 0.0,
-            "help": "delay added to each faultable request (default 0)",
+            "metavar": "MS|MIN-MAX",
+            "type": _latency,
+            "default": (0.0, None),
+            "help": "delay added to each faultable request; MIN-MAX: drawn uniformly for each "
+            "(seeded) (default 0)",
+        },
+    ),
+    (
+        "--rate-limit",
+        {
+            "metavar": "N",
+            "type": _per_second,
+            "help": "requests per second for all clients together (a tenant's limit); beyond "
+            "it 429 with Retry-After (default: none)",
+        },
+    ),
+    (
+        "--rate-burst",
+        {
+            "metavar": "N",
+            "type": _positive,
+            "help": "requests the rate limit lets through at once (default: one second's worth)",
         },
     ),
     (
@@ -161,7 +204,7 @@ _FAULTS: tuple[Flag, ...] = (
         {
             "metavar": "N",
             "type": int,
-            "help": "seed of the random faults (default: a random one, logged)",
+            "help": "seed of the random faults and latencies (default: a random one, logged)",
         },
     ),
     (
@@ -170,7 +213,7 @@ _FAULTS: tuple[Flag, ...] = (
             "metavar": "METHODS",
             "type": _methods,
             "default": frozenset({"PATCH"}),
-            "help": "comma-joined methods the random faults and latency hit (default PATCH)",
+            "help": "comma-joined methods the faults above hit (default PATCH)",
         },
     ),
     (
@@ -217,7 +260,10 @@ def config_from_args(args: argparse.Namespace) -> ApiConfig:
         throttle_rate=args.throttle_rate,
         reset_rate=args.reset_rate,
         reset_when=args.reset_when,
-        latency_ms=args.latency_ms,
+        latency_ms=args.latency_ms[0],
+        latency_max_ms=args.latency_ms[1],
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
         retry_after_s=args.retry_after,
         max_metrics_per_request=args.max_metrics_per_request,
         reject_names=args.reject_names,

@@ -26,13 +26,13 @@ from metricrelay.ops.dead import (
     DeadRecord,
     DeadScan,
     fetch,
-    id_key,
     parse_ref,
     purge_refs,
     record_json,
 )
 from metricrelay.ops.replay_lock import ReplayBusy, ReplayLock, default_holder
 from metricrelay.ops.table import format_table
+from metricrelay.replies import id_key
 from metricrelay.settings import Settings
 
 __all__ = ["register", "run_list", "run_purge", "run_show"]

@@ -19,7 +19,7 @@ import orjson
 
 from metricrelay.codec import decode_entry
 from metricrelay.keys import Keys
-from metricrelay.models import MAX_METRICS
+from metricrelay.producer.packing import Packer
 
 __all__ = ["register", "run"]
 
@@ -56,12 +56,13 @@ def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 _Execution = tuple[str, str]  # (resource group, execution id): what a fragment is routed by
 
 
-class _Packer:
-    """Collects simple points per (group, execution) into fragments; checks every line."""
+class _Lines:
+    """Checks every line; packs simple points per (group, execution) into fragments (the
+    producers' one :class:`~metricrelay.producer.packing.Packer`)."""
 
     def __init__(self, default_group: str) -> None:
         self.default_group = default_group
-        self.open: dict[_Execution, list[Any]] = {}
+        self.open: dict[_Execution, Packer] = {}  # in the order their fragments were begun
         self.ready: list[tuple[_Execution, bytes]] = []
         self.bad = 0
         self.points = 0
@@ -88,27 +89,33 @@ class _Packer:
         if set(document) - {"resourceGroup", "executionId", "metrics"}:
             self.ready.append((key, orjson.dumps(document)))  # a full fragment: written as it is
         else:
-            batch = self.open.setdefault(key, [])
-            batch += document.get("metrics") or []
-            if len(batch) >= MAX_METRICS:
-                self._close(key)
+            self._pack(key, document.get("metrics") or [])
         self.points += len(decoded.fragment.metrics)
         return None
+
+    def _pack(self, key: _Execution, metrics: list[dict[str, Any]]) -> None:
+        packer = self.open.get(key)
+        if packer is None:
+            packer = self.open[key] = Packer(*key)
+        for item in metrics:
+            packer.add_metric(item)
+        closed = packer.take()
+        if closed:
+            self.ready += [(key, data) for data, _ in closed]
+            # what is left open begins a new fragment: it is flushed after those begun before
+            del self.open[key]
+            if packer.pending:
+                self.open[key] = packer
 
     def _refuse(self, number: int, why: str) -> None:
         self.bad += 1
         print(f"line {number}: {why}", file=sys.stderr)
 
-    def _close(self, key: _Execution) -> None:
-        metrics = self.open.pop(key)
-        for start in range(0, len(metrics), MAX_METRICS):
-            chunk = metrics[start : start + MAX_METRICS]
-            document = {"resourceGroup": key[0], "executionId": key[1], "metrics": chunk}
-            self.ready.append((key, orjson.dumps(document)))
-
     def flush(self) -> None:
-        for key in list(self.open):
-            self._close(key)
+        for key, packer in self.open.items():
+            packer.close()
+            self.ready += [(key, data) for data, _ in packer.take()]
+        self.open.clear()
 
 
 _ENVELOPE: Final = frozenset({"executionId", "resourceGroup"})
@@ -123,11 +130,13 @@ def run(args: argparse.Namespace) -> int:
     fields |= {"resource_group": args.resource_group, "cluster": args.cluster}
     settings = Settings.from_sources({k: v for k, v in fields.items() if v is not None})
     client = sync_client(
-        settings.redis_url, cluster=settings.cluster, timeout=settings.redis_timeout
+        settings.redis.redis_url,
+        cluster=settings.redis.cluster,
+        timeout=settings.redis.redis_timeout,
     )
     keys = settings.keys()
     events = events_pattern([keys])
-    packer = _Packer(settings.resource_group)
+    packer = _Lines(settings.api.resource_group)
     started, written = time.monotonic(), 0
     progress = _progress_bar(args)
     for number, line in _lines(args.file):

@@ -50,9 +50,11 @@ async def serve_ingest(args: argparse.Namespace, ready: asyncio.Event | None = N
     fields |= {"resource_group": args.resource_group, "cluster": args.cluster}
     settings = Settings.from_sources({k: v for k, v in fields.items() if v is not None})
     client = async_client(
-        settings.redis_url, cluster=settings.cluster, timeout=settings.redis_timeout
+        settings.redis.redis_url,
+        cluster=settings.redis.cluster,
+        timeout=settings.redis.redis_timeout,
     )
-    config = IngestConfig(settings.keys(), settings.resource_group, args.max_body_bytes)
+    config = IngestConfig(settings.keys(), settings.api.resource_group, args.max_body_bytes)
     runner = web.AppRunner(build_ingest_app(client, config), access_log=None)
     await runner.setup()
     stop = asyncio.Event()

@@ -82,17 +82,17 @@ def run(args: argparse.Namespace) -> int:
             shards_in_play(settings),
             events_key=events_pattern(in_play),
             dead_key=dead_pattern(in_play),
-            default_resource_group=settings.resource_group,
+            default_resource_group=settings.api.resource_group,
             scan_limit=args.scan_limit,
             lag_scan_min=lag_scan_min,
         )
         payload = to_json(
             overview.total,
-            redis=redact_url(settings.redis_url),
+            redis=redact_url(settings.redis.redis_url),
             max_lag=args.max_lag,
             max_pending=args.max_pending,
             shards=overview.shards,
-            stray=await find_stray(client, settings.prefix, streams_in_play(settings)),
+            stray=await find_stray(client, settings.redis.prefix, streams_in_play(settings)),
         )
         payload["memory"] = await redis_memory(client)
         if payload["memory"]["full"]:

@@ -77,13 +77,14 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metricrelay.relay.service import run_worker  # noqa: PLC0415 - keeps --help fast
+    from metricrelay.relay.auth import auth_mode  # noqa: PLC0415 - keeps --help fast
+    from metricrelay.relay.service import run_worker  # noqa: PLC0415
 
     fields = [f for _, f, _ in _FLAGS] + ["cluster"]
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     try:
         settings = Settings.from_sources(overrides)
-        settings.auth_mode()
+        auth_mode(settings.api)
     except ConfigError as exc:
         log.error("configuration: %s", exc)
         return 2

@@ -8,7 +8,6 @@ Dead-letter ids are unique only within one stream. With more than one dead strea
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ import orjson
 from metricrelay import timestamps
 from metricrelay.deadletter import DeadLetter, Reason
 from metricrelay.keys import Keys, ShardKeys
+from metricrelay.replies import MAX_SEQ, as_text, id_key
 
 __all__ = [
     "DeadFilter",
@@ -26,7 +26,6 @@ __all__ = [
     "DeadScan",
     "ResourceInfo",
     "fetch",
-    "id_key",
     "inspect_resource",
     "parse_bound",
     "parse_ref",
@@ -37,20 +36,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_ID: Final = re.compile(r"(\d+)(?:-(\d+))?\Z")
-_MAX_SEQ: Final = 2**64 - 1
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # Dead letters can be whole 4 MiB bodies: a small chunk keeps one read's memory bounded.
 DEFAULT_CHUNK: Final = 50
-
-
-def id_key(entry_id: str, *, upper: bool = False) -> tuple[int, int]:
-    """A stream id as a sortable pair; an id without a sequence means its ms's first (or last)."""
-    match = _ID.match(entry_id)
-    if match is None:
-        raise ValueError(f"{entry_id!r} is not a stream id (milliseconds-sequence)")
-    seq = match.group(2)
-    return (int(match.group(1)), int(seq) if seq is not None else (_MAX_SEQ if upper else 0))
 
 
 def parse_bound(text: str, *, upper: bool) -> str:
@@ -60,9 +48,15 @@ def parse_bound(text: str, *, upper: bool) -> str:
     every entry of millisecond ``.123``.
     """
     text = text.strip()
-    if _ID.match(text):
-        # Redis reads an end id without a sequence as that millisecond's last entry already
-        return text if upper or "-" in text else f"{text}-0"
+    try:
+        id_key(text)
+    except ValueError:
+        return _time_bound(text, upper=upper)
+    # Redis reads an end id without a sequence as that millisecond's last entry already
+    return text if upper or "-" in text else f"{text}-0"
+
+
+def _time_bound(text: str, *, upper: bool) -> str:
     try:
         canonical = timestamps.normalize(text)
     except timestamps.TimestampError as exc:
@@ -71,7 +65,7 @@ def parse_bound(text: str, *, upper: bool) -> str:
         ) from None
     moment = datetime.fromisoformat(canonical.replace("Z", "+00:00"))
     ms = (moment - _EPOCH) // timedelta(milliseconds=1)
-    return f"{ms}-{_MAX_SEQ}" if upper else f"{ms}-0"
+    return f"{ms}-{MAX_SEQ}" if upper else f"{ms}-0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +140,6 @@ class DeadRecord:
         return self.id
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _as_shard(keys: StreamKeys) -> ShardKeys:
     if isinstance(keys, ShardKeys):
         return keys
@@ -190,7 +180,7 @@ class DeadScan:
         newest = await self.redis.xrevrange(shard.dead, "+", "-", count=1)
         if not newest:
             return None
-        last = _text(newest[0][0])
+        last = as_text(newest[0][0])
         wanted = self.filter.end
         if wanted != "+" and id_key(wanted, upper=True) < id_key(last):
             return wanted
@@ -216,7 +206,7 @@ class DeadScan:
         while True:
             rows = await self.redis.xrange(shard.dead, start, end, count=self.chunk)
             for raw_id, fields in rows:
-                record = self._record(shard, _text(raw_id), fields)
+                record = self._record(shard, as_text(raw_id), fields)
                 if record is not None and self.filter.matches(record.letter, record.info):
                     self.matched += 1
                     yield record
@@ -224,7 +214,7 @@ class DeadScan:
                         return
             if len(rows) < self.chunk:
                 return
-            start = "(" + _text(rows[-1][0])
+            start = "(" + as_text(rows[-1][0])
 
     def _record(
         self, shard: ShardKeys, dead_id: str, fields: dict[bytes, bytes]

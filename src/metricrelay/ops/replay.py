@@ -26,8 +26,9 @@ from redis.asyncio.cluster import RedisCluster
 from metricrelay.codec import decode_entry
 from metricrelay.deadletter import DeadLetter, Reason
 from metricrelay.keys import Keys, ShardKeys
-from metricrelay.ops.dead import DeadFilter, DeadRecord, DeadScan, id_key
+from metricrelay.ops.dead import DeadFilter, DeadRecord, DeadScan
 from metricrelay.relay.batching import Coalescer, Limits
+from metricrelay.replies import id_key
 
 __all__ = ["ReplayPlan", "ReplaySummary", "destination", "plan_letter", "replay"]
 

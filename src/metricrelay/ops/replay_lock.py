@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from metricrelay.errors import MetricRelayError
 from metricrelay.relay.leases import release_key, renew_key
+from metricrelay.replies import as_text
 from metricrelay.timestamps import format_utc
 
 __all__ = ["DEFAULT_TTL_S", "ReplayBusy", "ReplayLock", "ReplayLockLost", "default_holder"]
@@ -83,7 +84,7 @@ class ReplayLock:
         if not await self.redis.set(self.key, self.holder, nx=True, px=self.ttl_ms):
             holder = await self.redis.get(self.key)
             left_ms = int(await self.redis.pttl(self.key))
-            text = holder.decode() if isinstance(holder, bytes) else str(holder or "just ended")
+            text = as_text(holder) if holder else "just ended"
             raise ReplayBusy(text, left_ms / 1000 if left_ms > 0 else None)
         self._renewed_at = started
         self._task = asyncio.create_task(self._keep(), name="replay-lock")

@@ -21,8 +21,9 @@ from redis.exceptions import ResponseError
 
 from metricrelay.deadletter import Reason
 from metricrelay.keys import ShardKeys
-from metricrelay.ops.dead import StreamKeys, id_key, inspect_resource
+from metricrelay.ops.dead import StreamKeys, inspect_resource
 from metricrelay.relay.stray import Stray
+from metricrelay.replies import as_text, id_key
 from metricrelay.timestamps import format_utc
 
 __all__ = ["SCHEMA_VERSION", "Backlog", "Consumer", "Status", "exceeded", "gather", "to_json"]
@@ -89,10 +90,6 @@ class Status:
         return max(0, self.now_ms - id_key(self.oldest_pending_id)[0])
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _execution(resource: bytes | None, default_group: str) -> tuple[ExecutionKey, int]:
     """(resource group, execution id) of an event-stream entry, and its number of points."""
     if resource is None:
@@ -129,7 +126,7 @@ async def gather(
     status.shard = keys if isinstance(keys, ShardKeys) else keys.shard(0)
     await _stream(redis, keys, status)
     owner = await redis.get(status.shard.lease)  # every stream has one owner at a time
-    status.owner = None if owner is None else _text(owner)
+    status.owner = None if owner is None else as_text(owner)
     await _group(redis, keys, status)
     await _pending_backlog(redis, keys, status, default_resource_group, scan_limit)
     budget = scan_limit if status.lag_source == "redis" else max(scan_limit, lag_scan_min)
@@ -143,8 +140,8 @@ async def _stream(redis: Any, keys: StreamKeys, status: Status) -> None:
     if status.length:
         first = await redis.xrange(keys.events, "-", "+", count=1)
         last = await redis.xrevrange(keys.events, "+", "-", count=1)
-        status.first_id = _text(first[0][0]) if first else None
-        status.last_id = _text(last[0][0]) if last else None
+        status.first_id = as_text(first[0][0]) if first else None
+        status.last_id = as_text(last[0][0]) if last else None
 
 
 async def _group(redis: Any, keys: StreamKeys, status: Status) -> None:
@@ -152,13 +149,13 @@ async def _group(redis: Any, keys: StreamKeys, status: Status) -> None:
         groups = await redis.xinfo_groups(keys.events)
     except ResponseError:  # no stream yet: no worker ever ran and no producer wrote
         groups = []
-    info = next((g for g in groups if _text(g["name"]) == keys.group), None)
+    info = next((g for g in groups if as_text(g["name"]) == keys.group), None)
     if info is None:
         # the worker creates the group from the stream's start: all of it is undelivered
         status.lag, status.lag_source = status.length, "no_group"
         return
     status.group_exists = True
-    status.last_delivered_id = _text(info["last-delivered-id"])
+    status.last_delivered_id = as_text(info["last-delivered-id"])
     status.pending = int(info["pending"])
     lag = info.get("lag")  # absent before Redis 7; None after deletions it cannot count past
     if lag is not None:
@@ -167,11 +164,11 @@ async def _group(redis: Any, keys: StreamKeys, status: Status) -> None:
         status.lag_source = "scan"
     rows = await redis.xinfo_consumers(keys.events, keys.group)
     status.consumers = [
-        Consumer(_text(row["name"]), int(row["pending"]), int(row["idle"])) for row in rows
+        Consumer(as_text(row["name"]), int(row["pending"]), int(row["idle"])) for row in rows
     ]
     if status.pending:
         summary = await redis.xpending(keys.events, keys.group)
-        status.oldest_pending_id = _text(summary["min"])
+        status.oldest_pending_id = as_text(summary["min"])
 
 
 async def _pending_backlog(
@@ -186,7 +183,7 @@ async def _pending_backlog(
             break
         if status.oldest_pending_idle_ms is None:
             status.oldest_pending_idle_ms = int(rows[0]["time_since_delivered"])
-        ids = [_text(row["message_id"]) for row in rows]
+        ids = [as_text(row["message_id"]) for row in rows]
         pipe = redis.pipeline(transaction=False)
         for entry_id in ids:
             pipe.xrange(keys.events, entry_id, entry_id, count=1)
@@ -222,7 +219,7 @@ async def _undelivered_backlog(
         read += len(rows)
         more = len(rows) == count
         if rows:
-            start = "(" + _text(rows[-1][0])
+            start = "(" + as_text(rows[-1][0])
     if more:  # the budget ran out: a one-entry read tells whether anything is left
         more = bool(await redis.xrange(keys.events, start, "+", count=1))
     status.backlog_scanned += read
@@ -250,13 +247,13 @@ async def _dead(redis: Any, keys: StreamKeys, status: Status, limit: int) -> Non
         count = min(_DEAD_CHUNK, limit - read)
         rows = await redis.xrevrange(keys.dead, end, "-", count=count)
         for _, fields in rows:
-            status.dead_by_reason[_text(fields.get(b"reason", b"?"))] += 1
+            status.dead_by_reason[as_text(fields.get(b"reason", b"?"))] += 1
             info = inspect_resource(fields.get(b"resource", b""))
             status.dead_by_execution[(info.resource_group, info.execution_id)] += 1
         read += len(rows)
         if len(rows) < count:
             break
-        end = "(" + _text(rows[-1][0])
+        end = "(" + as_text(rows[-1][0])
     status.dead_scanned = read
     status.dead_capped = read < status.dead_length
 
@@ -360,7 +357,7 @@ async def redis_memory(redis: Any) -> dict[str, Any]:
     worst: dict[str, Any] = {"used": 0, "maxmemory": 0, "policy": "", "full": False}
     for row in rows:
         used, limit = int(row.get("used_memory", 0)), int(row.get("maxmemory", 0))
-        policy = _text(row.get("maxmemory_policy", ""))
+        policy = as_text(row.get("maxmemory_policy", ""))
         full = bool(limit) and policy == "noeviction" and used >= limit
         if full or (not worst["full"] and used > worst["used"]):
             worst = {"used": used, "maxmemory": limit, "policy": policy, "full": full}

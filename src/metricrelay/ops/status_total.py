@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from metricrelay.keys import ShardKeys
-from metricrelay.ops.dead import id_key
 from metricrelay.ops.status import Backlog, Consumer, LagSource, Status, gather
+from metricrelay.replies import id_key
 
 __all__ = ["Overview", "combine", "gather_all"]
 

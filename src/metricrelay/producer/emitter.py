@@ -13,7 +13,6 @@ import concurrent.futures
 import contextlib
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -25,7 +24,7 @@ import orjson
 
 from metricrelay import progress
 from metricrelay.connection import async_client, sync_client
-from metricrelay.keys import Keys
+from metricrelay.errors import ConfigError
 from metricrelay.models import MAX_CUSTOM_INFO_BYTES
 from metricrelay.producer.packing import Marker, Metric, Named, pack
 from metricrelay.producer.points import (
@@ -39,6 +38,7 @@ from metricrelay.producer.points import (
 )
 from metricrelay.progress import DeliveryReport
 from metricrelay.retry import RetryPolicy, until_done, until_done_sync
+from metricrelay.settings import Settings
 
 __all__ = ["AsyncEmitter", "BufferFull", "Emitter", "EmitterConfig", "PointError"]
 
@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 
 Policy = Literal["block", "drop"]
 _METRIC_COST: Final = 96  # approximate bytes one queued metric holds, for the memory bound
-# Seconds an emitter waits to connect to Redis or for a reply; then its writer tries again.
-_REDIS_TIMEOUT: Final = 5.0
 
 
 class BufferFull(RuntimeError):
@@ -55,7 +53,9 @@ class BufferFull(RuntimeError):
 
 
 class EmitterConfig:
-    """Where to write and how to behave; from arguments, else the environment (CONTRACT §2.3)."""
+    """Where to write and how to behave: arguments over the environment, read through the one
+    settings table (:class:`~metricrelay.settings.Settings`: ``METRICRELAY_*`` with SAP's
+    ``AICORE_*`` fall-backs, CONTRACT §2.3); no defaults of its own."""
 
     def __init__(
         self,
@@ -66,50 +66,55 @@ class EmitterConfig:
         prefix: str | None = None,
         shards: int | None = None,
         cluster: bool | None = None,
-        flush_interval: float = 0.2,
-        max_buffer_bytes: int = 64 * 1024 * 1024,
-        policy: Policy = "block",
-        block_timeout: float = 30.0,
-        on_error: Literal["raise", "warn"] = "raise",
+        flush_interval: float | None = None,
+        max_buffer_bytes: int | None = None,
+        policy: Policy | None = None,
+        block_timeout: float | None = None,
+        on_error: Literal["raise", "warn"] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        source = os.environ if env is None else env
-        found = (
-            execution_id
-            or source.get("METRICRELAY_EXECUTION_ID")
-            or source.get("AICORE_EXECUTION_ID")
-        )
+        given = {
+            "execution_id": execution_id,
+            "redis_url": redis_url,
+            "resource_group": resource_group,
+            "prefix": prefix,
+            "shards": shards,
+            "cluster": cluster,
+            "flush_interval": flush_interval,
+            "max_buffer_bytes": max_buffer_bytes,
+            "buffer_policy": policy,
+            "block_timeout": block_timeout,
+            "on_error": on_error,
+        }
+        try:
+            settings = Settings.from_sources(
+                {name: value for name, value in given.items() if value is not None}, env
+            )
+        except ConfigError as exc:  # named as the flags would be: name the arguments instead
+            message = str(exc)
+            for name in given:
+                argument = "policy" if name == "buffer_policy" else name
+                message = message.replace(f"--{name.replace('_', '-')}:", f"{argument}:")
+            raise ValueError(message) from None
+        found = settings.api.execution_id
         if not found:
             raise ValueError(
                 "no execution id: pass one, or set METRICRELAY_EXECUTION_ID (AI Core sets "
                 "AICORE_EXECUTION_ID inside executions)"
             )
         self.execution_id = found
-        self.redis_url = redis_url or source.get(
-            "METRICRELAY_REDIS_URL", "redis://localhost:6379/0"
-        )
-        self.resource_group = (
-            resource_group
-            or source.get("METRICRELAY_RESOURCE_GROUP")
-            or source.get("AICORE_RESOURCE_GROUP")
-            or "default"
-        )
-        count = shards or int(source.get("METRICRELAY_SHARDS") or 1)
-        layout = Keys(prefix or source.get("METRICRELAY_PREFIX", "metricrelay"), count)
+        self.redis_url = settings.redis.redis_url
+        self.redis_timeout = settings.redis.redis_timeout
+        self.resource_group = settings.api.resource_group
         # one execution, one shard: everything this emitter writes goes to one stream, in order
-        self.keys = layout.route(self.resource_group, self.execution_id)
-        self.cluster = (
-            cluster
-            if cluster is not None
-            else source.get("METRICRELAY_CLUSTER", "").lower() in ("1", "true", "yes", "on")
-        )
-        if policy not in ("block", "drop"):
-            raise ValueError("policy must be 'block' or 'drop'")
-        self.flush_interval = flush_interval
-        self.max_buffer_bytes = max_buffer_bytes
-        self.policy = policy
-        self.block_timeout = block_timeout
-        self.on_error = on_error
+        self.keys = settings.keys().route(self.resource_group, self.execution_id)
+        self.cluster = settings.redis.cluster
+        emitter = settings.emitter
+        self.flush_interval = emitter.flush_interval
+        self.max_buffer_bytes = emitter.max_buffer_bytes
+        self.policy: Policy = emitter.buffer_policy
+        self.block_timeout = emitter.block_timeout
+        self.on_error: Literal["raise", "warn"] = emitter.on_error
 
 
 class _Core:
@@ -322,7 +327,7 @@ class Emitter(_Core):
 
         super().__init__(EmitterConfig(execution_id, **options))
         self._redis = sync_client(
-            self.config.redis_url, cluster=self.config.cluster, timeout=_REDIS_TIMEOUT
+            self.config.redis_url, cluster=self.config.cluster, timeout=self.config.redis_timeout
         )
         self._wakeup = threading.Event()
         self._stop = False
@@ -407,7 +412,9 @@ def wait_delivered_sync(
     works even where the caller's thread already runs an event loop (notebooks)."""
 
     async def check() -> DeliveryReport:
-        client = async_client(config.redis_url, cluster=config.cluster)
+        client = async_client(
+            config.redis_url, cluster=config.cluster, timeout=config.redis_timeout
+        )
         try:
             return await progress.wait_delivered(
                 client,
@@ -430,7 +437,7 @@ class AsyncEmitter(_Core):
     def __init__(self, execution_id: str | None = None, **options: Any) -> None:
         super().__init__(EmitterConfig(execution_id, **options))
         self._redis = async_client(
-            self.config.redis_url, cluster=self.config.cluster, timeout=_REDIS_TIMEOUT
+            self.config.redis_url, cluster=self.config.cluster, timeout=self.config.redis_timeout
         )
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 import aiohttp
 import orjson
@@ -19,17 +19,22 @@ from pydantic import SecretStr
 
 from metricrelay.errors import AuthError, AuthUnavailable, ConfigError
 from metricrelay.retry import parse_retry_after
-from metricrelay.settings import Settings
+from metricrelay.settings import ApiSettings, Settings, env_names
 
 __all__ = [
     "DEFAULT_LIFETIME_S",
     "REFRESH_FRACTION",
+    "AuthMode",
     "FixedToken",
     "NoAuth",
     "OAuthClientCredentials",
     "TokenProvider",
+    "auth_mode",
     "build_token_provider",
 ]
+
+# How requests are authorised: nothing (in-cluster), a fixed token, or OAuth client credentials.
+AuthMode = Literal["none", "token", "oauth"]
 
 log = logging.getLogger(__name__)
 
@@ -276,25 +281,61 @@ class OAuthClientCredentials:
         return text
 
 
+def auth_mode(api: ApiSettings) -> AuthMode:
+    """How requests are authorised; :class:`ConfigError` names what is missing.
+
+    ``none``: in-cluster tracking endpoint (it wins when set, as in SAP's SDK); ``token``: a
+    fixed bearer token (wins over client credentials); ``oauth``: client credentials against
+    ``auth_url``.
+    """
+    if api.tracking_endpoint is not None:
+        if api.execution_id is None:
+            raise ConfigError(
+                f"{env_names('tracking_endpoint')} is set (in-cluster mode) but "
+                f"{env_names('execution_id')} is not"
+            )
+        return "none"
+    if api.api_url is None:
+        raise ConfigError(
+            f"no metrics endpoint: set {env_names('api_url')} or METRICRELAY_SERVICE_KEY, "
+            f"or {env_names('tracking_endpoint')} with {env_names('execution_id')} "
+            "inside an AI Core execution"
+        )
+    if api.token is not None:
+        return "token"
+    missing = [
+        env_names(name)
+        for name in ("client_id", "client_secret", "auth_url")
+        if getattr(api, name) is None
+    ]
+    if not missing:
+        return "oauth"
+    raise ConfigError(
+        f"{env_names('api_url')} is set but there are no credentials: set METRICRELAY_TOKEN, "
+        f"or METRICRELAY_SERVICE_KEY, or the missing {', '.join(missing)}"
+    )
+
+
 def build_token_provider(settings: Settings, session: aiohttp.ClientSession) -> TokenProvider:
-    """The provider :meth:`Settings.auth_mode` calls for; token requests share ``session``."""
-    mode = settings.auth_mode()
+    """The provider :func:`auth_mode` calls for; token requests share ``session``."""
+    api = settings.api
+    mode = auth_mode(api)
     if mode == "none":
         return NoAuth()
-    if mode == "token" and settings.token is not None:
-        return FixedToken(settings.token)
+    if mode == "token" and api.token is not None:
+        return FixedToken(api.token)
     if (
         mode == "oauth"
-        and settings.auth_url is not None
-        and settings.client_id is not None
-        and settings.client_secret is not None
+        and api.auth_url is not None
+        and api.client_id is not None
+        and api.client_secret is not None
     ):
         return OAuthClientCredentials(
             session,
-            settings.auth_url,
-            settings.client_id,
-            settings.client_secret,
-            timeout=settings.request_timeout,
-            retry_after_cap=settings.retry_after_cap,
+            api.auth_url,
+            api.client_id,
+            api.client_secret,
+            timeout=api.request_timeout,
+            retry_after_cap=settings.worker.retry_after_cap,
         )
-    raise ConfigError(f"authorisation mode {mode!r} is not fully configured")  # auth_mode() checks
+    raise ConfigError(f"authorisation mode {mode!r} is not fully configured")  # auth_mode checks

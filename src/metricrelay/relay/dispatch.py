@@ -86,6 +86,7 @@ class Dispatcher:
         with_resource_group: bool = True,
         on_too_large: Callable[[Body], object] | None = None,
         observer: RequestObserver | None = None,
+        limiter: RequestObserver | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -98,6 +99,7 @@ class Dispatcher:
         self.with_resource_group = with_resource_group
         self.on_too_large = on_too_large
         self.observer = observer
+        self.limiter = limiter  # the delivery slots' adaptive limit learns from every answer
         self.sleep = sleep
         self.clock = clock
         self.rng = rng or random.Random()
@@ -163,8 +165,8 @@ class Dispatcher:
         if self.with_resource_group:
             headers["AI-Resource-Group"] = body.resource_group
         delivery.requests += 1
-        observer = self.observer
-        if observer is not None:
+        observers = [o for o in (self.observer, self.limiter) if o is not None]
+        for observer in observers:
             observer.request_started()
         started = time.perf_counter()
         result: int | str = "cancelled"  # no answer and no network error: the task was cancelled
@@ -175,8 +177,9 @@ class Dispatcher:
             result = "error"
             raise
         finally:
-            if observer is not None:
-                observer.request_finished(result, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            for observer in observers:
+                observer.request_finished(result, seconds)
         delivery.statuses[status] = delivery.statuses.get(status, 0) + 1
         if status >= 300:
             raise delivery_error(status, text[:4000], retry_after)

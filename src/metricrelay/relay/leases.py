@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from metricrelay.keys import Keys, ShardKeys
+from metricrelay.replies import as_text
 
 __all__ = ["Leases", "release_key", "renew_key"]
 
@@ -43,10 +44,6 @@ async def release_key(redis: Any, key: str, me: str) -> None:
     await redis.eval(_RELEASE, 1, key, me)
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class Leases:
     """Lease operations of one worker (``me``) on the shards of one layout or more."""
 
@@ -64,7 +61,7 @@ class Leases:
         self.keys = keys
         self.me = me
         # Workers limited to some shards (only_shards) count only the workers of their own pool.
-        self.registry = f"{keys.workers}:{pool}" if pool else keys.workers
+        self.registry = keys.workers_of(pool)
         self.ttl_ms = max(1000, int(ttl * 1000))
         self.wall_clock = wall_clock
 
@@ -97,4 +94,5 @@ class Leases:
         await release_key(self.redis, shard.lease, self.me)
 
     async def owner(self, shard: ShardKeys) -> str | None:
-        return _text(await self.redis.get(shard.lease))
+        owner = await self.redis.get(shard.lease)
+        return None if owner is None else as_text(owner)

@@ -12,7 +12,6 @@ import logging
 import signal
 import time
 from contextlib import AsyncExitStack
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -20,8 +19,9 @@ import aiohttp
 from metricrelay.connection import async_client
 from metricrelay.keys import Keys, ShardKeys, format_shard_list
 from metricrelay.layout import streams_in_play
-from metricrelay.relay.auth import TokenProvider, build_token_provider
+from metricrelay.relay.auth import TokenProvider, auth_mode, build_token_provider
 from metricrelay.relay.batching import Coalescer, Limits
+from metricrelay.relay.concurrency import ConcurrencyConfig, DeliverySlots
 from metricrelay.relay.dispatch import Dispatcher
 from metricrelay.relay.endpoints import Endpoints, ProbeConfig
 from metricrelay.relay.entries import EntryBook, MemoryBudget
@@ -48,26 +48,30 @@ log = logging.getLogger(__name__)
 _EXIT_GRACE_S = 5.0  # after the drain deadline, for releasing leases and closing connections
 
 
-def worker_config(settings: Settings) -> WorkerConfig:
+def worker_config(settings: Settings, *, exclusive: bool = True) -> WorkerConfig:
+    """A shard worker's configuration, all of it from ``settings``; ``exclusive``: it owns its
+    stream by a lease (every worker of the service does)."""
     return WorkerConfig(
-        default_resource_group=settings.resource_group,
-        read_count=settings.read_count,
-        block_ms=settings.block_ms,
-        concurrency=settings.concurrency,
-        memory_budget_bytes=settings.memory_budget_bytes,
-        max_deliveries=settings.max_deliveries,
+        default_resource_group=settings.api.resource_group,
+        read_count=settings.worker.read_count,
+        block_ms=settings.worker.block_ms,
+        concurrency=settings.worker.concurrency,
+        memory_budget_bytes=settings.worker.memory_budget_bytes,
+        max_deliveries=settings.worker.max_deliveries,
         reclaim_idle_ms=settings.reclaim_idle_ms,
         reclaim_interval=max(1.0, settings.reclaim_idle_ms / 4000),
-        trim_interval=settings.trim_interval,
-        drain_deadline=settings.drain_deadline,
+        trim_interval=settings.worker.trim_interval,
+        drain_deadline=settings.worker.drain_deadline,
+        exclusive=exclusive,
+        handover_idle_ms=settings.handover_idle_ms,
     )
 
 
 def metrics_url(settings: Settings) -> tuple[str, bool]:
     """Where to PATCH, and whether to send the resource-group header (not in-cluster)."""
-    if settings.auth_mode() == "none":
-        return f"{str(settings.tracking_endpoint).rstrip('/')}/api/v1/metrics", False
-    return f"{str(settings.api_url).rstrip('/')}/lm/metrics", True
+    if auth_mode(settings.api) == "none":
+        return f"{str(settings.api.tracking_endpoint).rstrip('/')}/api/v1/metrics", False
+    return f"{str(settings.api.api_url).rstrip('/')}/lm/metrics", True
 
 
 class _Parts:
@@ -80,47 +84,54 @@ class _Parts:
         session: aiohttp.ClientSession,
         tokens: TokenProvider,
         metrics: WorkerMetrics,
+        *,
+        concurrency: ConcurrencyConfig | None = None,
     ) -> None:
         self.settings = settings
+        self.concurrency = concurrency or ConcurrencyConfig()
         self.client = client
         self.session = session
         self.tokens = tokens
         self.metrics = metrics
         self.url, self.with_group = metrics_url(settings)
         self.policy = RetryPolicy(
-            settings.retry_base, settings.retry_cap, settings.retry_budget, settings.retry_after_cap
+            settings.worker.retry_base,
+            settings.worker.retry_cap,
+            settings.worker.retry_budget,
+            settings.worker.retry_after_cap,
         )
-        self.budget = MemoryBudget(settings.memory_budget_bytes)
+        self.budget = MemoryBudget(settings.worker.memory_budget_bytes)
+
+    def slots(self) -> DeliverySlots:
+        """The limit on bodies in flight (adaptive: concurrency.py), up to the concurrency."""
+        return DeliverySlots(self.settings.worker.concurrency, self.concurrency)
 
     def worker(
         self,
         keys: Keys | ShardKeys,
         *,
         exclusive: bool = False,
-        slots: asyncio.Semaphore | None = None,
+        slots: DeliverySlots | None = None,
     ) -> Worker:
         settings = self.settings
+        slots = slots if slots is not None else self.slots()
         book = EntryBook(self.budget)
-        limits = Limits(max_body_bytes=settings.max_body_bytes)
-        coalescer = Coalescer(limits, settings.linger, book)
+        limits = Limits(max_body_bytes=settings.worker.max_body_bytes)
+        coalescer = Coalescer(limits, settings.worker.linger, book)
         dispatcher = Dispatcher(
             self.session,
             self.url,
             self.tokens,
             self.policy,
-            timeout=settings.request_timeout,
+            timeout=settings.api.request_timeout,
             with_resource_group=self.with_group,
             on_too_large=lambda body: coalescer.learn_too_large(body, time.monotonic()),
             observer=self.metrics,
+            limiter=slots,
         )
-        stream = EventStream(self.client, keys, settings.consumer_name)
-        config = replace(
-            worker_config(settings),
-            exclusive=exclusive,
-            handover_idle_ms=settings.handover_idle_ms,
-        )
+        stream = EventStream(self.client, keys, settings.worker.consumer_name)
         return Worker(
-            config,
+            worker_config(settings, exclusive=exclusive),
             stream,
             coalescer,
             dispatcher,
@@ -130,7 +141,9 @@ class _Parts:
         )
 
 
-async def open_worker(settings: Settings, stack: AsyncExitStack) -> Fleet:
+async def open_worker(
+    settings: Settings, stack: AsyncExitStack, concurrency: ConcurrencyConfig | None = None
+) -> Fleet:
     """Build a worker and its connections; ``stack`` closes them.
 
     Always a :class:`Fleet` that owns streams under leases (fleet.py): every stream, the one
@@ -138,29 +151,33 @@ async def open_worker(settings: Settings, stack: AsyncExitStack) -> Fleet:
     land in stream order whatever the number of replicas; replicas beyond the streams stand by
     and take over a stream whose owner stops or dies.
     """
-    parts = await _open_parts(settings, stack)
+    parts = await _open_parts(settings, stack, concurrency)
     client, metrics = parts.client, parts.metrics
     keys = settings.keys()
     current = [keys.shard(index) for index in settings.owned_shards()]
     old = []
-    if settings.drain_shards is not None:
-        old = Keys(settings.prefix, settings.drain_shards).all_shards()
+    if settings.sharding.drain_shards is not None:
+        old = Keys(settings.redis.prefix, settings.sharding.drain_shards).all_shards()
     shards = FleetShards(current, old)
-    slots = asyncio.Semaphore(settings.concurrency)  # one limit for every shard together
-    pool = "" if settings.only_shards is None else format_shard_list(settings.owned_shards())
-    leases = Leases(client, keys, settings.consumer_name, settings.lease_ttl, pool=pool)
+    slots = parts.slots()  # one limit for every shard together
+    pool = (
+        "" if settings.sharding.only_shards is None else format_shard_list(settings.owned_shards())
+    )
+    leases = Leases(
+        client, keys, settings.worker.consumer_name, settings.sharding.lease_ttl, pool=pool
+    )
     fleet = Fleet(
         client,
         shards,
         leases,
         lambda shard: parts.worker(shard, exclusive=True, slots=slots),
         parts.budget,
-        tick=settings.lease_ttl / 4,
+        tick=settings.sharding.lease_ttl / 4,
         metrics=metrics,
     )
     log.info(
         "worker %s sharing %d shards%s",
-        settings.consumer_name,
+        settings.worker.consumer_name,
         len(current),
         "" if not shards.old else f" after draining {len(shards.old)} old ones",
     )
@@ -178,23 +195,27 @@ async def open_shard_worker(settings: Settings, stack: AsyncExitStack, index: in
     return worker
 
 
-async def _open_parts(settings: Settings, stack: AsyncExitStack) -> _Parts:
+async def _open_parts(
+    settings: Settings, stack: AsyncExitStack, concurrency: ConcurrencyConfig | None = None
+) -> _Parts:
     client = async_client(
-        settings.redis_url, cluster=settings.cluster, timeout=settings.redis_timeout
+        settings.redis.redis_url,
+        cluster=settings.redis.cluster,
+        timeout=settings.redis.redis_timeout,
     )
     stack.push_async_callback(client.aclose)
     session = await stack.enter_async_context(aiohttp.ClientSession())
     tokens = build_token_provider(settings, session)
-    return _Parts(settings, client, session, tokens, WorkerMetrics())
+    return _Parts(settings, client, session, tokens, WorkerMetrics(), concurrency=concurrency)
 
 
 def probe_config(settings: Settings) -> ProbeConfig:
     return ProbeConfig(
-        host=settings.health_host,
-        port=settings.health_port or 0,
-        ready_api_failure_seconds=settings.ready_api_failure_seconds,
-        stray_interval=settings.stray_interval,
-        prefix=settings.prefix,
+        host=settings.observability.health_host,
+        port=settings.observability.health_port or 0,
+        ready_api_failure_seconds=settings.observability.ready_api_failure_seconds,
+        stray_interval=settings.observability.stray_interval,
+        prefix=settings.redis.prefix,
         in_play=tuple(streams_in_play(settings)),
     )
 
@@ -222,7 +243,9 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-async def run_worker(settings: Settings, *, burst: bool = False) -> Worker | Fleet:
+async def run_worker(
+    settings: Settings, *, burst: bool = False, concurrency: ConcurrencyConfig | None = None
+) -> Worker | Fleet:
     """Run one worker until a signal (or, with ``burst``, until the stream is drained)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -233,11 +256,11 @@ async def run_worker(settings: Settings, *, burst: bool = False) -> Worker | Fle
         nonlocal signals
         signals += 1
         if signals == 1:
-            log.info("stopping: draining for up to %.0fs", settings.drain_deadline)
+            log.info("stopping: draining for up to %.0fs", settings.worker.drain_deadline)
             stop.set()
             # However stuck a call is (a Redis that never answers), the process ends in time:
             # what is unacknowledged stays pending for the next owner.
-            loop.call_later(settings.drain_deadline + _EXIT_GRACE_S, forced_exit)
+            loop.call_later(settings.worker.drain_deadline + _EXIT_GRACE_S, forced_exit)
         elif main is not None:
             log.warning("second signal: exiting now; unfinished entries stay pending")
             main.cancel()
@@ -252,8 +275,8 @@ async def run_worker(settings: Settings, *, burst: bool = False) -> Worker | Fle
     threshold = gc.get_threshold()
     try:
         async with AsyncExitStack() as stack:
-            worker = await open_worker(settings, stack)
-            if settings.health_port is not None:
+            worker = await open_worker(settings, stack, concurrency)
+            if settings.observability.health_port is not None:
                 await open_endpoints(worker, stack, probe_config(settings))
             _tune_gc()
             await worker.run(stop, burst=burst)

@@ -9,46 +9,36 @@ names (every master of a cluster), keeping the streams that hold entries and are
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
+
+from metricrelay.keys import StreamKind, any_layout_match, stream_kind
+from metricrelay.replies import as_text
 
 __all__ = ["Stray", "find_stray", "waiting"]
 
 _SCAN_COUNT: Final = 1000
-_GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")
-
-Kind = Literal["events", "dead"]
 
 
 @dataclass(frozen=True, slots=True)
 class Stray:
     key: str
-    kind: Kind
+    kind: StreamKind
     length: int
-
-
-def _glob_literal(text: str) -> str:
-    return _GLOB_SPECIAL.sub(r"\\\1", text)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 async def find_stray(redis: Any, prefix: str, in_play: Iterable[str]) -> list[Stray]:
     """The event and dead-letter streams of ``prefix`` that hold entries, are named as some
     shard layout names them, and are not among ``in_play``; by kind (events first), then key."""
-    ours = re.compile(rf"{re.escape(prefix)}:(events|dead)(?::\{{\d+of\d+\}})?")
     known = set(in_play)
     found: list[Stray] = []
-    for kind in ("events", "dead"):
-        match = f"{_glob_literal(prefix)}:{kind}*"
+    kinds: tuple[StreamKind, ...] = ("events", "dead")
+    for kind in kinds:
+        match = any_layout_match(prefix, kind)
         async for raw in redis.scan_iter(match=match, count=_SCAN_COUNT, _type="stream"):
-            key = _text(raw)
-            parsed = ours.fullmatch(key)
-            if key in known or parsed is None or parsed.group(1) != kind:
+            key = as_text(raw)
+            if key in known or stream_kind(prefix, key) != kind:
                 continue
             length = int(await redis.xlen(key))
             if length:

@@ -11,6 +11,7 @@ import redis.asyncio as redis_asyncio
 from redis.exceptions import ResponseError
 
 from metricrelay.keys import Keys, ShardKeys
+from metricrelay.replies import as_text, id_key
 
 __all__ = ["Entry", "EventStream", "GroupInfo", "read_group_info"]
 
@@ -27,7 +28,7 @@ class Entry:
 
     @property
     def ms(self) -> int:
-        return int(self.id.partition("-")[0])
+        return id_key(self.id)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +50,12 @@ async def read_group_info(redis: Any, keys: Keys | ShardKeys) -> GroupInfo | Non
             return None
         raise
     for group in groups:
-        if _text(group["name"]) == keys.group:
+        if as_text(group["name"]) == keys.group:
             lag = group.get("lag")
             return GroupInfo(
                 int(group["pending"]),
                 None if lag is None else int(lag),
-                _text(group["last-delivered-id"]),
+                as_text(group["last-delivered-id"]),
             )
     return None
 
@@ -180,7 +181,7 @@ class EventStream:
             count=count,
         )
         cursor, rows = reply[0], reply[1]
-        self._reclaim_cursor = cursor.decode() if isinstance(cursor, bytes) else cursor
+        self._reclaim_cursor = as_text(cursor)
         entries = _entries(rows)
         if not entries:
             return []
@@ -196,7 +197,7 @@ class EventStream:
         counts: dict[str, int] = {}
         for rows in await pipe.execute():
             for row in rows:
-                counts[_text(row["message_id"])] = int(row["times_delivered"])
+                counts[as_text(row["message_id"])] = int(row["times_delivered"])
         return counts
 
     async def let_go(self, deliveries: dict[str, int]) -> int:
@@ -217,7 +218,7 @@ class EventStream:
         each restart adds a name (host + pid), and the group should not grow forever."""
         gone = []
         for consumer in await self.redis.xinfo_consumers(self.keys.events, self.keys.group):
-            name = _text(consumer["name"])
+            name = as_text(consumer["name"])
             if name != self.consumer and not consumer["pending"] and consumer["idle"] > min_idle_ms:
                 await self.redis.xgroup_delconsumer(self.keys.events, self.keys.group, name)
                 gone.append(name)
@@ -236,14 +237,14 @@ class EventStream:
         needs (its oldest pending one, or the first it has not been given yet)."""
         keep_from: str | None = None
         for group in await self.redis.xinfo_groups(self.keys.events):
-            name = _text(group["name"])
-            needed = _text(group["last-delivered-id"])
+            name = as_text(group["name"])
+            needed = as_text(group["last-delivered-id"])
             if int(group["pending"]):
                 summary = await self.redis.xpending(self.keys.events, name)
                 # acknowledged in between: nothing pending any more, no oldest one to keep
                 if summary["min"] is not None:
-                    needed = min(needed, _text(summary["min"]), key=_id_key)
-            keep_from = needed if keep_from is None else min(keep_from, needed, key=_id_key)
+                    needed = min(needed, as_text(summary["min"]), key=id_key)
+            keep_from = needed if keep_from is None else min(keep_from, needed, key=id_key)
         if keep_from is None or keep_from == "0-0":
             return 0
         trimmed: int = await self.redis.xtrim(self.keys.events, minid=keep_from, approximate=False)
@@ -267,12 +268,3 @@ return reset
 
 def _unconverted(response: Any, **options: Any) -> Any:
     return response
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return (int(ms), int(seq or 0))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -23,8 +23,10 @@ from metricrelay.keys import ShardKeys
 from metricrelay.progress import ack_with_progress
 from metricrelay.relay import outcome
 from metricrelay.relay.batching import Body, Coalescer
+from metricrelay.relay.concurrency import DeliverySlots
 from metricrelay.relay.dispatch import Dispatcher
 from metricrelay.relay.entries import EntryBook, MemoryBudget
+from metricrelay.relay.filling import Filler
 from metricrelay.relay.intake import RouteCheck, decode
 from metricrelay.relay.scheduler import KeyedScheduler
 from metricrelay.relay.stream import Entry, EventStream
@@ -52,22 +54,25 @@ _LET_GO_TIMEOUT_S = 2.0
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    default_resource_group: str = "default"
-    read_count: int = 1000
-    block_ms: int = 1000
-    concurrency: int = 16
-    memory_budget_bytes: int = 256 * 1024 * 1024
-    max_deliveries: int = 5
-    reclaim_idle_ms: int = 360_000
-    reclaim_interval: float = 5.0
-    trim_interval: float = 10.0
-    drain_deadline: float = 25.0
+    """What one shard's worker is told: derived from :class:`~metricrelay.settings.Settings`
+    (``service.worker_config``), with no defaults of its own."""
+
+    default_resource_group: str
+    read_count: int
+    block_ms: int
+    concurrency: int
+    memory_budget_bytes: int
+    max_deliveries: int
+    reclaim_idle_ms: int
+    reclaim_interval: float
+    trim_interval: float
+    drain_deadline: float
     # One owner per shard (leases.py): read new entries only once every entry a previous owner
     # left pending is done, so an execution's entries are delivered in stream order across a
     # change of owner. Those are taken over once idle this long (the previous owner stopped
     # working on them when it lost its lease: see fleet.py), checked every second meanwhile.
-    exclusive: bool = False
-    handover_idle_ms: int = 45_000
+    exclusive: bool
+    handover_idle_ms: int
 
 
 class Worker:
@@ -81,7 +86,7 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
         metrics: WorkerMetrics | None = None,
         budget: MemoryBudget | None = None,
-        slots: asyncio.Semaphore | None = None,
+        slots: DeliverySlots | None = None,
     ) -> None:
         self.config = config
         self.stream = stream
@@ -90,7 +95,14 @@ class Worker:
         self.clock = clock
         self.book: EntryBook = coalescer.book  # every entry held, its holds, bytes and counts
         self.book.budget = budget or MemoryBudget(config.memory_budget_bytes)
-        self.scheduler = KeyedScheduler(config.concurrency, self._deliver, slots, self._failed)
+        self.scheduler = KeyedScheduler(
+            config.concurrency,
+            self._deliver,
+            slots,
+            self._failed,
+            fill=Filler(coalescer),
+            clock=clock,
+        )
         self._read_count = config.read_count  # entries per read, adapted to their size
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -305,13 +317,13 @@ class Worker:
         return len(entries)
 
     def _saturated(self) -> bool:
-        """Every delivery slot is busy and as many bodies again wait for one: what is read now
-        could only wait too, so reading pauses until a delivery completes. Without this, a
-        backlog is read as fast as Redis gives it (up to the memory budget) whenever the API is
-        the slower side, and peak memory grows with the backlog. A slow execution holds one
-        slot at most, so it alone never pauses reading for the others."""
-        limit = self.config.concurrency
-        return self.scheduler.in_flight >= limit and self.scheduler.queued >= limit
+        """Every delivery slot is busy and as many bodies again wait for one, full (see
+        ``KeyedScheduler.saturated``): what is read now could only wait too, so reading pauses
+        until a delivery completes. Without this, a backlog is read as fast as Redis gives it
+        (up to the memory budget) whenever the API is the slower side, and peak memory grows
+        with the backlog. A slow execution holds one slot at most, so it alone never pauses
+        reading for the others."""
+        return self.scheduler.saturated()
 
     def _wait_seconds(self) -> float:
         deadline = self.coalescer.next_deadline()

@@ -1,10 +1,7 @@
-"""Shared by the observability tests: a worker in process with its listener, GETs, polling."""
+"""For the observability tests: a worker in process with its listener, GETs of it, /metrics."""
 
 from __future__ import annotations
 
-import asyncio
-import random
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from typing import Any
@@ -16,25 +13,6 @@ from metricrelay.relay.endpoints import Endpoints
 from metricrelay.relay.service import open_endpoints, open_shard_worker, probe_config
 from metricrelay.relay.worker import Worker
 from metricrelay.settings import Settings
-
-
-def worker_settings(redis_url: str, **overrides: Any) -> Settings:
-    return Settings.from_sources(
-        {
-            "redis_url": redis_url,
-            "consumer_name": f"obs-{random.randrange(10**9)}",
-            "linger": 0.05,
-            "block_ms": 50,
-            "retry_base": 0.01,
-            "retry_cap": 0.05,
-            "retry_budget": 10.0,
-            "request_timeout": 10.0,
-            "health_host": "127.0.0.1",
-            "health_port": 0,
-            **overrides,
-        },
-        env={},
-    )
 
 
 async def open_observed_worker(
@@ -64,13 +42,3 @@ async def scrape(endpoints: Endpoints) -> dict[tuple[str, tuple[tuple[str, str],
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-
-
-async def until(
-    condition: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition"
-) -> None:
-    """Poll an async condition with a deadline (Redis and HTTP peers give no event to await)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, f"{what}: not met in {timeout}s"
-        await asyncio.sleep(0.02)
