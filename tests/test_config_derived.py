@@ -8,8 +8,7 @@ import dataclasses
 import pytest
 
 from metricrelay.producer.emitter import EmitterConfig
-from metricrelay.relay.service import worker_config
-from metricrelay.relay.worker import WorkerConfig
+from metricrelay.relay.config import WorkerConfig, worker_config
 from metricrelay.settings import FIELDS, GROUPS, Settings
 
 

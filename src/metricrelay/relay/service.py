@@ -22,6 +22,7 @@ from metricrelay.layout import streams_in_play
 from metricrelay.relay.auth import TokenProvider, auth_mode, build_token_provider
 from metricrelay.relay.batching import Coalescer, Limits
 from metricrelay.relay.concurrency import ConcurrencyConfig, DeliverySlots
+from metricrelay.relay.config import worker_config
 from metricrelay.relay.dispatch import Dispatcher
 from metricrelay.relay.endpoints import Endpoints, ProbeConfig
 from metricrelay.relay.entries import EntryBook, MemoryBudget
@@ -29,7 +30,7 @@ from metricrelay.relay.fleet import Fleet, FleetShards
 from metricrelay.relay.leases import Leases
 from metricrelay.relay.observability import WorkerMetrics
 from metricrelay.relay.stream import EventStream
-from metricrelay.relay.worker import Worker, WorkerConfig
+from metricrelay.relay.worker import Worker
 from metricrelay.retry import RetryPolicy
 from metricrelay.settings import Settings
 
@@ -40,31 +41,11 @@ __all__ = [
     "open_worker",
     "probe_config",
     "run_worker",
-    "worker_config",
 ]
 
 log = logging.getLogger(__name__)
 
 _EXIT_GRACE_S = 5.0  # after the drain deadline, for releasing leases and closing connections
-
-
-def worker_config(settings: Settings, *, exclusive: bool = True) -> WorkerConfig:
-    """A shard worker's configuration, all of it from ``settings``; ``exclusive``: it owns its
-    stream by a lease (every worker of the service does)."""
-    return WorkerConfig(
-        default_resource_group=settings.api.resource_group,
-        read_count=settings.worker.read_count,
-        block_ms=settings.worker.block_ms,
-        concurrency=settings.worker.concurrency,
-        memory_budget_bytes=settings.worker.memory_budget_bytes,
-        max_deliveries=settings.worker.max_deliveries,
-        reclaim_idle_ms=settings.reclaim_idle_ms,
-        reclaim_interval=max(1.0, settings.reclaim_idle_ms / 4000),
-        trim_interval=settings.worker.trim_interval,
-        drain_deadline=settings.worker.drain_deadline,
-        exclusive=exclusive,
-        handover_idle_ms=settings.handover_idle_ms,
-    )
 
 
 def metrics_url(settings: Settings) -> tuple[str, bool]:

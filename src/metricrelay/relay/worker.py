@@ -14,7 +14,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from metricrelay.deadletter import DeadLetter, Reason, write_dead_letters
@@ -24,10 +23,12 @@ from metricrelay.progress import ack_with_progress
 from metricrelay.relay import outcome
 from metricrelay.relay.batching import Body, Coalescer
 from metricrelay.relay.concurrency import DeliverySlots
+from metricrelay.relay.config import WorkerConfig
 from metricrelay.relay.dispatch import Dispatcher
 from metricrelay.relay.entries import EntryBook, MemoryBudget
 from metricrelay.relay.filling import Filler
 from metricrelay.relay.intake import RouteCheck, decode
+from metricrelay.relay.recovery import Recovery
 from metricrelay.relay.scheduler import KeyedScheduler
 from metricrelay.relay.stream import Entry, EventStream
 from metricrelay.relay.tally import Tally, body_tally
@@ -36,7 +37,7 @@ from metricrelay.retry import REDIS_BACKOFF, FullWatch, redis_transient, until_d
 if TYPE_CHECKING:
     from metricrelay.relay.observability import WorkerMetrics
 
-__all__ = ["Worker", "WorkerConfig"]
+__all__ = ["Worker", "WorkerConfig"]  # WorkerConfig: relay/config.py
 
 T = TypeVar("T")
 
@@ -50,29 +51,6 @@ log = logging.getLogger(__name__)
 _READ_TARGET_BYTES = 512 * 1024
 # How long a worker that lets go of its entries tries to set their delivery counts back.
 _LET_GO_TIMEOUT_S = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    """What one shard's worker is told: derived from :class:`~metricrelay.settings.Settings`
-    (``service.worker_config``), with no defaults of its own."""
-
-    default_resource_group: str
-    read_count: int
-    block_ms: int
-    concurrency: int
-    memory_budget_bytes: int
-    max_deliveries: int
-    reclaim_idle_ms: int
-    reclaim_interval: float
-    trim_interval: float
-    drain_deadline: float
-    # One owner per shard (leases.py): read new entries only once every entry a previous owner
-    # left pending is done, so an execution's entries are delivered in stream order across a
-    # change of owner. Those are taken over once idle this long (the previous owner stopped
-    # working on them when it lost its lease: see fleet.py), checked every second meanwhile.
-    exclusive: bool
-    handover_idle_ms: int
 
 
 class Worker:
@@ -109,20 +87,14 @@ class Worker:
         self._abandoned = False
         self._let_go = False  # everything held was let go: nothing may touch the book again
         self._crash: BaseException | None = None  # a delivery failed unexpectedly
-        self._handed_over = not config.exclusive  # nothing a previous owner left is pending
-        # Entries may be pending under this consumer that it does not hold: a read or claim
-        # whose reply was lost, or this consumer's work before a restart. Until they are taken
-        # back, nothing newer is read (they would land after it).
-        # "start", or "lost reply" after a failed call (then reading them back is no delivery
-        # that failed, and does not count); None once taken back.
-        self._recover: str | None = "start"
+        # what must be taken back before anything newer is read (recovery.py)
+        self.recovery = Recovery(self, exclusive=config.exclusive)
         keys = stream.keys
         self._route_check = (
             RouteCheck(keys, lambda: self.count(Tally.ENTRIES_MISROUTED))
             if isinstance(keys, ShardKeys) and keys.count > 1
             else None
         )
-        self._next_handover = 0.0
         self._rng = random.Random()
         self.fatal: AuthError | None = None  # why the worker stopped on its own, if it did
         self.full = FullWatch(clock)  # whether Redis refuses writes for lack of memory
@@ -177,7 +149,7 @@ class Worker:
         if self._abandoned:  # the lease was lost before this run began
             return
         try:
-            await self._redis("creating the consumer group", self.stream.ensure_group)
+            await self.redis_write("creating the consumer group", self.stream.ensure_group)
             await self._loop(burst)
             if self.fatal is None and not self._abandoned:
                 await self._drain()
@@ -249,7 +221,7 @@ class Worker:
             except Exception as exc:  # transient: keep what is held; go on once Redis is back
                 if not redis_transient(exc):
                     raise
-                self._recover = "lost reply"  # a read may have given us entries
+                self.recovery.lost_reply()  # a read may have given us entries
                 self._redis_failed(exc)
                 delay = REDIS_BACKOFF.delay(failures, self._rng)
                 failures += 1
@@ -260,14 +232,14 @@ class Worker:
         if self._crash is not None:
             raise self._crash
 
-    async def _redis(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+    async def redis_write(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """A Redis write retried until it succeeds (retry.py); tells readiness when it did."""
         result = await until_done(operation, what, on_error=self._redis_failed)
         self.full.ok()
-        self._still_holding()
+        self.still_holding()
         return result
 
-    def _still_holding(self) -> None:
+    def still_holding(self) -> None:
         """Called after an await that precedes bookkeeping: if the worker let go meanwhile (a
         lost lease) and the cancellation that should have ended this task was swallowed (see
         scheduler.py), end it now instead of touching entries another worker owns."""
@@ -283,7 +255,7 @@ class Worker:
         now = self.clock()
         if now >= next_reclaim:
             await self.stream.touch(self.book.ids())
-            await self._reclaim()
+            await self.recovery.reclaim()
             next_reclaim = now + self.config.reclaim_interval
         if now >= next_trim:
             self.count(Tally.TRIMMED, await self.stream.trim())
@@ -299,16 +271,16 @@ class Worker:
                 async with asyncio.timeout(self._wait_seconds()):
                     await self.budget.room.wait()
             return None
-        if self._recover is not None:
-            await self._recover_own()
-        if not self._handed_over and not await self._take_over():
+        if self.recovery.pending:
+            await self.recovery.own()
+        if not self.recovery.handed_over and not await self.recovery.take_over():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._wait_seconds()):
                     await self._stop.wait()
             return None
         count = min(self.config.read_count, self._read_count)
         entries = await self.stream.read(count, self._block_ms())
-        self._still_holding()
+        self.still_holding()
         if entries:  # size the next read after these entries (see _READ_TARGET_BYTES)
             size = sum(entry.size for entry in entries)
             fitting = _READ_TARGET_BYTES * len(entries) // max(1, size)
@@ -376,7 +348,7 @@ class Worker:
                 held_by_letters.append(item.source)
                 book.add_counts(item.source, key, {"items_invalid": 1})
         if letters:
-            await self._redis(
+            await self.redis_write(
                 "writing dead letters",
                 lambda: write_dead_letters(self.stream.redis, self.stream.keys, letters),
             )
@@ -385,76 +357,6 @@ class Worker:
         self.count(Tally.ENTRIES_READ, len(entries))
         await self._acknowledge(done)
         self._submit(self.coalescer.take_ready())
-
-    async def _take_over(self) -> bool:
-        """True once no entry is pending that this worker does not hold: what the shard's
-        previous owner (or this process before a restart) left is reclaimed and finished first."""
-        if await self.stream.pending_count() <= len(self.book):
-            self._handed_over = True
-            return True
-        now = self.clock()
-        if now >= self._next_handover:
-            self._next_handover = now + 1.0
-            await self._reclaim(self.config.handover_idle_ms)
-        return False
-
-    async def _recover_own(self) -> None:
-        """Take back, in stream order, the entries pending under this consumer that it does
-        not hold (see ``_recover``), before anything newer is read."""
-        after = "0-0"
-        while True:
-            entries = await self.stream.read(self.config.read_count, None, after)
-            self._still_holding()
-            if not entries:
-                break
-            after = entries[-1].id
-            unknown = [entry for entry in entries if entry.id not in self.book]
-            if unknown:
-                counts = await self.stream.delivery_counts([entry.id for entry in unknown])
-                if self._recover == "lost reply":  # reading them again was no failed delivery
-                    await self.stream.let_go(counts)  # sets each count one back
-                    counts = {i: max(1, n - 1) for i, n in counts.items()}
-                self._still_holding()
-                log.info("took back %d entries pending under this consumer", len(unknown))
-                await self._take_back([(e, counts.get(e.id, 1)) for e in unknown])
-        self._recover = None
-
-    async def _reclaim(self, min_idle_ms: int | None = None) -> None:
-        """Take over entries of dead consumers; poison what keeps coming back."""
-        idle = self.config.reclaim_idle_ms if min_idle_ms is None else min_idle_ms
-        claimed = await self.stream.reclaim(idle, self.config.read_count)
-        self._still_holding()
-        if claimed:
-            log.info("reclaimed %d entries from other consumers", len(claimed))
-            self.count(Tally.RECLAIMED, len(claimed))
-        await self._take_back(claimed)
-
-    async def _take_back(self, claimed: Sequence[tuple[Entry, int]]) -> None:
-        """Entries delivered before, with their delivery counts: poison what keeps coming back
-        (crash loops), ingest the rest."""
-        limit = self.config.max_deliveries
-        fresh = [(e, n) for e, n in claimed if n <= limit and e.id not in self.book]
-        poison = [(e, n) for e, n in claimed if n > limit and e.id not in self.book]
-        if poison:
-            letters = [
-                DeadLetter(
-                    e.resource or b"",
-                    Reason.POISON,
-                    f"delivered {n} times without being acknowledged (at most {limit} allowed)",
-                    [e.id],
-                    attempts=n,
-                )
-                for e, n in poison
-            ]
-            await self._redis(
-                "writing dead letters",
-                lambda: write_dead_letters(self.stream.redis, self.stream.keys, letters),
-            )
-            ids = [e.id for e, _ in poison]
-            await self._redis("acknowledging", lambda: self.stream.ack(ids))
-            self.count(Tally.DEAD_LETTERS_POISON, len(poison))
-        if fresh:
-            await self.ingest([e for e, _ in fresh], {e.id: n for e, n in fresh})
 
     # ------------------------------------------------------------------ bodies out
 
@@ -467,7 +369,7 @@ class Worker:
         started = time.perf_counter()
         try:
             delivery = await self.dispatcher.deliver(body)
-            self._still_holding()
+            self.still_holding()
         except AuthError as exc:  # its entries stay pending, for when the credentials are fixed
             log.error("stopping: the token service refused the credentials: %s", exc)
             self.fatal = exc
@@ -478,7 +380,7 @@ class Worker:
             return
         letters = outcome.dead_letters(delivery)
         if letters:
-            await self._redis(
+            await self.redis_write(
                 "writing dead letters",
                 lambda: write_dead_letters(self.stream.redis, self.stream.keys, letters),
             )
@@ -494,12 +396,12 @@ class Worker:
             return
         counts = self.book.counts_of(ids)
         if counts:
-            await self._redis(
+            await self.redis_write(
                 "acknowledging",
                 lambda: ack_with_progress(self.stream.redis, self.stream.keys, ids, counts),
             )
         else:
-            await self._redis("acknowledging", lambda: self.stream.ack(ids))
+            await self.redis_write("acknowledging", lambda: self.stream.ack(ids))
         self.book.acked(ids)
         self.count(Tally.ENTRIES_ACKED, len(ids))
 
