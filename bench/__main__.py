@@ -19,6 +19,10 @@ STANDARD: tuple[str, ...] = (
 def main(argv: list[str]) -> int:
     """``python -m bench [NAME ...] [--flag ...]``: from the first flag on, the arguments go to
     every chosen harness (``python -m bench worker --full``)."""
+    if argv[:1] in (["-h"], ["--help"]):  # not a harness flag: say what there is
+        print(main.__doc__)
+        print("harnesses:", " ".join(name.removeprefix("bench.") for name in STANDARD))
+        return 0
     first_flag = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
     names, flags = argv[:first_flag], argv[first_flag:]
     chosen = [f"bench.{name}" for name in names] or list(STANDARD)

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from metricrelay.producer.emitter import EmitterConfig
-from metricrelay.relay.config import WorkerConfig, worker_config
+from metricrelay.relay.config import WorkerConfig, concurrency_config, worker_config
 from metricrelay.settings import FIELDS, GROUPS, Settings
 
 
@@ -58,3 +58,15 @@ def test_every_setting_has_one_name_in_one_sub_model() -> None:
     assert len(names) == len(set(names)) == len(FIELDS)
     settings = Settings(read_count=5, prefix="p")  # by name, into their sub-models
     assert (settings.worker.read_count, settings.redis.prefix) == (5, "p")
+
+
+def test_the_concurrency_config_comes_from_the_worker_settings() -> None:
+    default = concurrency_config(Settings.from_sources(env={}))
+    assert (default.adaptive, default.fill_queued, default.fill_wait) == (True, True, 5.0)
+    env = {
+        "METRICRELAY_ADAPTIVE_CONCURRENCY": "false",
+        "METRICRELAY_FILL_QUEUED_BODIES": "0",
+        "METRICRELAY_FILL_WAIT": "2.5",
+    }
+    tuned = concurrency_config(Settings.from_sources(env=env))
+    assert (tuned.adaptive, tuned.fill_queued, tuned.fill_wait) == (False, False, 2.5)

@@ -337,6 +337,12 @@ class WorkerSettings(BaseModel):
     memory_budget_bytes: int = Field(256 * MIB, ge=1)
     drain_deadline: float = Field(25.0, gt=0)  # below Kubernetes' default 30 s grace period
     trim_interval: float = Field(60.0, gt=0)
+    # Bodies in flight: adapted to the API's answers (relay/concurrency.py), at most concurrency.
+    adaptive_concurrency: bool = True
+    # A body waiting for a slot takes in its execution's bodies queued behind it (filling.py);
+    # one that can still grow waits at most fill_wait seconds behind full ones.
+    fill_queued_bodies: bool = True
+    fill_wait: float = Field(5.0, gt=0)
 
     @model_validator(mode="after")
     def _coherent(self) -> WorkerSettings:

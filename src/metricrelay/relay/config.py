@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from metricrelay.relay.concurrency import ConcurrencyConfig
 from metricrelay.settings import Settings
 
-__all__ = ["WorkerConfig", "worker_config"]
+__all__ = ["WorkerConfig", "concurrency_config", "worker_config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,4 +49,15 @@ def worker_config(settings: Settings, *, exclusive: bool = True) -> WorkerConfig
         drain_deadline=settings.worker.drain_deadline,
         exclusive=exclusive,
         handover_idle_ms=settings.handover_idle_ms,
+    )
+
+
+def concurrency_config(settings: Settings) -> ConcurrencyConfig:
+    """How bodies in flight are limited and queued bodies filled, from ``settings``; the
+    controller's tuning constants are ConcurrencyConfig's own."""
+    worker = settings.worker
+    return ConcurrencyConfig(
+        adaptive=worker.adaptive_concurrency,
+        fill_queued=worker.fill_queued_bodies,
+        fill_wait=worker.fill_wait,
     )

@@ -22,7 +22,7 @@ from metricrelay.layout import streams_in_play
 from metricrelay.relay.auth import TokenProvider, auth_mode, build_token_provider
 from metricrelay.relay.batching import Coalescer, Limits
 from metricrelay.relay.concurrency import ConcurrencyConfig, DeliverySlots
-from metricrelay.relay.config import worker_config
+from metricrelay.relay.config import concurrency_config, worker_config
 from metricrelay.relay.dispatch import Dispatcher
 from metricrelay.relay.endpoints import Endpoints, ProbeConfig
 from metricrelay.relay.entries import EntryBook, MemoryBudget
@@ -69,7 +69,7 @@ class _Parts:
         concurrency: ConcurrencyConfig | None = None,
     ) -> None:
         self.settings = settings
-        self.concurrency = concurrency or ConcurrencyConfig()
+        self.concurrency = concurrency or concurrency_config(settings)
         self.client = client
         self.session = session
         self.tokens = tokens
