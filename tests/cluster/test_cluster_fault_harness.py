@@ -20,14 +20,13 @@ from __future__ import annotations
 import os
 import random
 import re
-import signal
-import subprocess
 import threading
 import time
 from collections import Counter
 
 import pytest
 from tests.support.cluster_stack import ClusterStack, Written, assert_ledger
+from tests.support.stopping import sigterm_all
 
 from metricrelay.devtools.demo_stack import QUICK_WORKER_ENV, start_api
 from metricrelay.devtools.embedded_cluster import ClusterNode
@@ -119,27 +118,10 @@ def produce_in_background(
 
 def stop_all(stack: ClusterStack, storm: Storm) -> list[str]:
     """SIGTERM every worker at once; each must exit 0 within its drain deadline + 5 s."""
-    failures = []
-    for worker in stack.workers:
-        worker.bound_url(30)  # up, with its signal handlers (it logs the API URL once up)
-    for worker in stack.workers:
-        worker.process.send_signal(signal.SIGTERM)
-    signalled = time.monotonic()
-    for worker in list(stack.workers):
-        try:
-            code = worker.process.wait(
-                max(0.0, signalled + DRAIN_DEADLINE_S + 5 - time.monotonic())
-            )
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            failures.append(
-                f"{worker.name} still running {DRAIN_DEADLINE_S + 5:.0f}s after SIGTERM"
-            )
-            continue
-        storm.note(f"{worker.name} exited {code} {time.monotonic() - signalled:.2f}s after SIGTERM")
-        if code != 0:
-            failures.append(f"{worker.name} exited with code {code} after SIGTERM")
-        stack.stop_worker(worker)  # reaped already: closes its log
+    workers = list(stack.workers)
+    failures = sigterm_all({w.name: w for w in workers}, DRAIN_DEADLINE_S + 5.0, storm.note)
+    for worker in workers:
+        stack.stop_worker(worker)  # reaped already: off the running list
     return failures
 
 

@@ -22,13 +22,11 @@ faults, not always at the same instants.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
 import random
 import re
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -42,6 +40,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from tests.support.stopping import sigterm_all
 from tests.support.waiting import until_sync
 
 from metricrelay.devtools.demo_stack import DEMO_TOKEN, QUICK_WORKER_ENV, ChildProcess, start_worker
@@ -289,35 +288,8 @@ def wait_delivered(stack: Any, run: Run, timeout: float = 20.0) -> None:
 
 def stop_workers(run: Run) -> list[str]:
     """SIGTERM every worker at once; each must exit 0 within its drain deadline + 5 s."""
-    failures = []
-    for worker in run.workers.values():
-        # Only a worker that is up has its signal handlers; one restarted a moment ago would
-        # die of the SIGTERM, which says nothing of draining. It logs the API URL once up.
-        with contextlib.suppress(RuntimeError):  # it ended instead: reported below
-            worker.bound_url(30)
-    stopping = {n: w for n, w in run.workers.items() if w.process.poll() is None}
-    for number, worker in run.workers.items():
-        if number not in stopping:
-            failures.append(f"worker {number} had exited before SIGTERM ({worker.process.poll()})")
-    for worker in stopping.values():
-        worker.process.send_signal(signal.SIGTERM)
-    signalled = time.monotonic()
-    for number, worker in stopping.items():
-        limit = signalled + DRAIN_DEADLINE_S + 5.0
-        try:
-            code = worker.process.wait(max(0.0, limit - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            failures.append(
-                f"worker {number} still running {DRAIN_DEADLINE_S + 5:.0f}s after SIGTERM"
-            )
-            continue
-        run.note(f"worker {number} exited {code} {time.monotonic() - signalled:.2f}s after SIGTERM")
-        if code != 0:
-            failures.append(f"worker {number} exited with code {code} after SIGTERM")
-    for worker in run.workers.values():
-        worker.stop()  # reaped already; closes the log
-    return failures
+    named = {f"worker {number}": worker for number, worker in run.workers.items()}
+    return sigterm_all(named, DRAIN_DEADLINE_S + 5.0, run.note)
 
 
 def drain(stack: Any, run: Run) -> list[str]:
