@@ -6,7 +6,9 @@ MOVED and ASK redirections, and re-learns the map when a node fails and a replic
 A cluster URL may name several nodes, ``redis+cluster://:pw@h1:7000,h2:7000,h3:7000``: a client
 that starts while one of them is down still finds the cluster through the others.
 
-An asyncio client sends each command once. redis-py (8.x) by default sends a command again,
+An asyncio client sends a command again only where the server refused it (a cluster's
+CLUSTERDOWN or an uncovered slot, where redis-py first relearns the layout). redis-py (8.x) by
+default also sends a command again,
 up to three times, when its connection fails or its reply times out — also when the server had
 applied it and only the reply was lost. For XREADGROUP ``>`` or XAUTOCLAIM that hands entries to
 this consumer that nobody knows of, while the repeat reads the ones after them: those were
@@ -153,6 +155,15 @@ _RELAY_CLASSES: Final[dict[type[Any], type[Any]]] = {
 }
 
 
+class _RelayCluster(async_cluster.RedisCluster):
+    """redis-py's cluster client, repeating a command only where the cluster refused it
+    (CLUSTERDOWN during a failover, a slot not yet covered): then it was not applied, and the
+    client learns the new layout first. Not after a connection error or a timeout, where the
+    command may have been applied (see the module's docstring)."""
+
+    ERRORS_ALLOW_RETRY = (exceptions.ClusterDownError, exceptions.SlotNotCoveredError)  # type: ignore[assignment]
+
+
 def _relay_class(connection_class: type[Any]) -> type[Any]:
     """The class to use instead of redis-py's own (a class of the caller's is kept)."""
     return _RELAY_CLASSES.get(connection_class, connection_class)
@@ -173,13 +184,12 @@ def async_client(
     ``socket_connect_timeout`` among ``options`` win over it.
     """
     _with_timeouts(options, timeout)
-    options.setdefault("retry", Retry(NoBackoff(), 0))  # sent once: see the module's docstring
     if is_cluster(url, cluster):
         first, nodes = startup_nodes(url)
         more = [async_cluster.ClusterNode(host, port) for host, port in nodes[1:]]
         if more:
             options["startup_nodes"] = more
-        cluster_client = async_cluster.RedisCluster.from_url(first, **options)
+        cluster_client = _RelayCluster.from_url(first, **options)
         # RedisCluster takes no connection class: the nodes it has and the nodes it will learn
         # of (from the kwargs it keeps) are given ours here.
         manager = cluster_client.nodes_manager
@@ -188,6 +198,7 @@ def async_client(
         for node in manager.startup_nodes.values():
             node.connection_class = _relay_class(node.connection_class)
         return cluster_client
+    options.setdefault("retry", Retry(NoBackoff(), 0))  # sent once: see the module's docstring
     client = redis_asyncio.Redis.from_url(url, **options)
     pool = client.connection_pool
     pool.connection_class = _relay_class(pool.connection_class)
