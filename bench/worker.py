@@ -1,17 +1,21 @@
-"""Worker benchmark: one ``metricrelay worker --burst`` process against the reference API process.
+"""Worker benchmark: one ``metricrelay worker --burst`` process against the reference API process,
+on the workloads of /work/shared/WORKLOADS.md (bench/workloads.py).
 
 Every figure is the median (min, max) of RUNS runs. Each run fills a fresh stream on a private
 redis-server, starts the worker as its own process and times it from its start-up log line ("worker
 ... reading") to its exit; CPU is the child's own (``/proc/<pid>/stat`` at that line, ``wait4``
 rusage at exit), so interpreter start-up is excluded. Scenarios:
 
-- single-point entries (one metric per XADD) and packed entries (POINTS_PER_ENTRY per XADD);
-- the raw ceiling over the very same entries, read through a second consumer group: a bare
-  asyncio redis-py (hiredis) loop of XREADGROUP COUNT 1000 + ``orjson.loads`` + XACK;
+- W1 (Emitter-shaped entries), W2 (one point per entry), W3 (200 points per entry) and W4 (W2 and
+  W3 mixed with tag changes, customInfo and invalid items), each with every point timestamped to
+  the microsecond and labelled by rank;
+- next to each, in the same run, the bare loop over the very same entries, read through a second
+  consumer group: asyncio redis-py (hiredis) XREADGROUP COUNT 1000 + ``orjson.loads`` + XACK —
+  its CPU per point and the worker's over it;
 - the baseline a user has today: one PATCH per point, sequentially (aiohttp, keep-alive);
-- peak RSS (VmHWM) with a packed backlog of 1M points (and 5M with ``--full``);
-- produce → accepted latency at half the measured single-point rate (see ``latency_run``);
-- 1 vs 2 worker processes; the API with 5% 503s and 2% 429s (``Retry-After: 0``).
+- peak RSS (VmHWM) with a W4 backlog of 1M points (and 5M with ``--full``);
+- produce → accepted latency of W2 entries at half the measured W2 rate (see ``latency_run``);
+- the API with 5% 503s and 2% 429s (``Retry-After: 0``), on W2.
 
 Producer figures are ``bench/producer.py``'s (``bench/results/producer.json``), not repeated here.
 Run: ``python -m bench worker`` (``make bench``); ``python -m bench worker --full`` (``make
@@ -26,6 +30,7 @@ import json
 import os
 import platform
 import queue
+import random
 import re
 import signal
 import statistics
@@ -46,6 +51,8 @@ import redis
 import redis.asyncio as redis_asyncio
 from tests.support.waiting import until_sync
 
+from bench import workloads
+from bench.workloads import Entry
 from metricrelay.devtools import demo_stack
 from metricrelay.devtools.demo_stack import ChildProcess
 from metricrelay.devtools.embedded import RedisServer
@@ -66,9 +73,10 @@ FAULTS = ["--fail-rate", "0.05", "--throttle-rate", "0.02", "--retry-after", "0"
 @dataclass(frozen=True)
 class Sizes:
     runs: int = 3
-    single_points: int = 200_000
-    packed_points: int = 1_000_000
-    points_per_entry: int = 200
+    w1_points: int = 1_000_000
+    w2_points: int = 200_000
+    w3_points: int = 1_000_000
+    w4_points: int = 1_000_000
     memory_points: tuple[int, ...] = (1_000_000,)
     baseline_points: int = 3000
     latency_seconds: float = 8.0
@@ -79,14 +87,22 @@ STANDARD = Sizes()
 FULL = replace(STANDARD, memory_points=(1_000_000, 5_000_000), latency_seconds=20.0)
 TINY = Sizes(
     runs=1,
-    single_points=400,
-    packed_points=2000,
-    points_per_entry=100,
+    w1_points=1600,
+    w2_points=400,
+    w3_points=2000,
+    w4_points=2000,
     memory_points=(2000,),
     baseline_points=20,
     latency_seconds=1.0,
     fault_points=400,
 )
+# workload name → (its generator, the Sizes field with its point count)
+WORKLOADS = {
+    "W1": (workloads.w1, "w1_points"),
+    "W2": (workloads.w2, "w2_points"),
+    "W3": (workloads.w3, "w3_points"),
+    "W4": (workloads.w4, "w4_points"),
+}
 
 
 # --- the processes -----------------------------------------------------------------------------
@@ -160,10 +176,15 @@ class WorkerProcess:
     def reap(self, timeout: float) -> tuple[float, float, int]:
         """Wait for exit: (when, CPU seconds since start, peak RSS bytes from rusage)."""
 
+        peak = 0
+
         def exited() -> tuple[float, int, Any] | None:
             # os.wait4 both reaps and gives this child's own rusage; WNOHANG, so that a hung
             # worker cannot hang the benchmark past its budget
+            nonlocal peak
             pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
+            if not pid:
+                peak = max(peak, _vm_hwm(self.process.pid))
             return (time.perf_counter(), status, usage) if pid else None
 
         try:
@@ -176,7 +197,10 @@ class WorkerProcess:
             tail = self.child.log_text()[-2000:]
             raise RuntimeError(f"worker exited with {self.process.returncode}:\n{tail}")
         cpu = usage.ru_utime + usage.ru_stime - self.cpu_at_start
-        return ended, cpu, usage.ru_maxrss * 1024  # Linux: kilobytes
+        # Not rusage's ru_maxrss: Linux starts a child's at its parent's RSS at fork time, so it
+        # would report the benchmark's own size. VmHWM is the peak of the worker's own memory
+        # since its exec, read while it runs (it holds no more at exit than at its last read).
+        return ended, cpu, peak
 
 
 def _proc_cpu(pid: int) -> float:
@@ -185,7 +209,11 @@ def _proc_cpu(pid: int) -> float:
 
 
 def _vm_hwm(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # gone between the wait and the read
+        return 0
+    for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
@@ -215,39 +243,35 @@ def start_worker(
 
 
 def _entry(execution: str, first_step: int, points: int) -> bytes:
+    """``points`` W2-shaped points of ``execution`` from step ``first_step`` on."""
+    rng = random.Random(first_step)
+    now = time.time()
     metrics = [
-        {
-            "name": "training_loss",
-            "value": 1.0 / (step + 1),
-            "step": step,
-            "timestamp": "2026-11-23T12:00:00.123456Z",
-        }
-        for step in range(first_step, first_step + points)
+        workloads.point(rng, first_step * len(workloads.NAMES) + i, now + i * 1e-6, i % 8)
+        for i in range(points)
     ]
     return orjson.dumps({"executionId": execution, "metrics": metrics})
 
 
-def fill(client: redis.Redis, tag: str, points: int, per_entry: int) -> int:
-    """A fresh stream of ``points`` points in entries of ``per_entry``; the group and the ceiling
-    group are created first, from 0, so both see every entry. Returns the number of entries."""
+def fill(client: redis.Redis, entries: list[Entry]) -> None:
+    """A fresh stream of ``entries``; the group and the ceiling group are created first, from 0,
+    so both see every entry."""
     client.delete(KEYS.events)
     client.xgroup_create(KEYS.events, KEYS.group, id="0", mkstream=True)
     client.xgroup_create(KEYS.events, CEILING_GROUP, id="0")
-    entries = points // per_entry
     pipe = client.pipeline(transaction=False)
-    for number in range(entries):
-        execution = f"bench-{tag}-{number % EXECUTIONS:02d}"
-        pipe.xadd(KEYS.events, {"resource": _entry(execution, number * per_entry, per_entry)})
+    for entry in entries:
+        pipe.xadd(KEYS.events, {"resource": entry.data})
         if len(pipe) >= 1000:
             pipe.execute()
     pipe.execute()
-    return entries
 
 
-async def _ceiling(url: str, entries: int) -> tuple[float, float]:
-    """The bare loop over the ceiling group: (elapsed seconds, entries read)."""
+async def _ceiling(url: str, entries: int) -> tuple[float, float, float]:
+    """The bare loop over the ceiling group: (elapsed seconds, its CPU seconds, entries read)."""
     client = redis_asyncio.Redis.from_url(url)
     done = 0
+    cpu = time.process_time()
     started = time.perf_counter()
     while done < entries and time.perf_counter() - started < RUN_BUDGET_S:
         reply = await client.xreadgroup(CEILING_GROUP, "c", {KEYS.events: ">"}, count=1000)
@@ -259,8 +283,9 @@ async def _ceiling(url: str, entries: int) -> tuple[float, float]:
         await client.xack(KEYS.events, CEILING_GROUP, *[entry_id for entry_id, _ in rows])
         done += len(rows)
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     await client.aclose()
-    return elapsed, done
+    return elapsed, cpu, done
 
 
 def drain_with_workers(server: RedisServer, api: str, tag: str, workers: int) -> dict[str, float]:
@@ -284,30 +309,41 @@ def drain_with_workers(server: RedisServer, api: str, tag: str, workers: int) ->
 
 
 def throughput(
-    server: RedisServer, sizes: Sizes, points: int, per_entry: int, *extra: str, workers: int = 1
+    server: RedisServer, sizes: Sizes, workload: str, *extra: str, points: int = 0
 ) -> list[dict[str, float]]:
-    """RUNS runs of the worker (and the ceiling, over the same entries) on a fresh stream each."""
+    """RUNS runs of the worker (and the bare loop, over the same entries) on a fresh stream of
+    ``workload`` entries each."""
+    make, field = WORKLOADS[workload]
+    points = points or getattr(sizes, field)
     client = redis.Redis.from_url(server.url)
     rows = []
     with api_process(*extra) as process:
         api = process.url
         for run in range(sizes.runs):
-            tag = f"{per_entry}-{workers}-{run}-{time.time_ns() % 10**6}"
-            entries = fill(client, tag, points, per_entry)
+            tag = f"{workload}-{run}-{time.time_ns() % 10**6}"
+            entries = make(tag, points)
+            valid = sum(entry.points for entry in entries)
+            fill(client, entries)
             api_cpu = process.cpu()
-            got = drain_with_workers(server, api, tag, workers)
+            got = drain_with_workers(server, api, tag, 1)
             api_cpu = process.cpu() - api_cpu  # the server's CPU while the worker ran
             if client.xpending(KEYS.events, KEYS.group)["pending"]:
                 raise RuntimeError("the worker left entries pending")
-            seconds, read = asyncio.run(_ceiling(server.url, entries))
+            seconds, bare_cpu, read = asyncio.run(_ceiling(server.url, len(entries)))
+            cpu_us = 1e6 * got["cpu_seconds"] / valid
+            bare_us = 1e6 * bare_cpu / valid
             rows.append(
                 {
-                    "points_per_s": points / got["seconds"],
-                    "entries_per_s": entries / got["seconds"],
-                    "cpu_us_per_point": 1e6 * got["cpu_seconds"] / points,
+                    "points_per_s": valid / got["seconds"],
+                    "entries_per_s": len(entries) / got["seconds"],
+                    "cpu_us_per_point": cpu_us,
                     "peak_rss_mb": got["peak_rss"] / 2**20,
-                    "api_cpu_us_per_point": 1e6 * api_cpu / points,
-                    "ceiling_entries_per_s": read / seconds,
+                    "api_cpu_us_per_point": 1e6 * api_cpu / valid,
+                    "bare_points_per_s": valid * read / len(entries) / seconds,
+                    "bare_cpu_us_per_point": bare_us,
+                    "worker_over_bare_rate": (valid / got["seconds"])
+                    / (valid * read / len(entries) / seconds),
+                    "bare_over_worker_cpu": bare_us / cpu_us,
                 }
             )
             asyncio.run(_delete_executions(api, tag))
@@ -452,30 +488,23 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def measure(sizes: Sizes) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"workloads": {}}
     with RedisServer() as server:
-        print("single-point entries ...", flush=True)
-        single = throughput(server, sizes, sizes.single_points, 1)
-        print("packed entries ...", flush=True)
-        packed = throughput(server, sizes, sizes.packed_points, sizes.points_per_entry)
-        out["single"] = {k: column(single, k) for k in single[0]}
-        out["packed"] = {k: column(packed, k) for k in packed[0]}
-        out["single"]["worker_over_ceiling"] = spread(
-            [r["entries_per_s"] / r["ceiling_entries_per_s"] for r in single]
-        )
-        out["packed"]["worker_over_ceiling"] = spread(
-            [r["entries_per_s"] / r["ceiling_entries_per_s"] for r in packed]
-        )
+        for workload in WORKLOADS:
+            print(f"{workload} ...", flush=True)
+            rows = throughput(server, sizes, workload)
+            out["workloads"][workload] = {k: column(rows, k) for k in rows[0]}
         print("baseline: one PATCH per point ...", flush=True)
         out["baseline_points_per_s"] = spread(baseline(sizes))
         out["memory"] = {}
         for points in sizes.memory_points:
-            print(f"memory: {points:,}-point packed backlog ...", flush=True)
-            rows = packed if points == sizes.packed_points else None
-            if rows is None:
-                rows = throughput(server, sizes, points, sizes.points_per_entry)
-            out["memory"][str(points)] = column(rows, "peak_rss_mb")
-        rate = out["single"]["points_per_s"]["median"] / 2
+            print(f"memory: {points:,}-point W4 backlog ...", flush=True)
+            if points == sizes.w4_points:
+                out["memory"][str(points)] = out["workloads"]["W4"]["peak_rss_mb"]
+            else:
+                rows = throughput(server, replace(sizes, runs=1), "W4", points=points)
+                out["memory"][str(points)] = column(rows, "peak_rss_mb")
+        rate = out["workloads"]["W2"]["points_per_s"]["median"] / 2
         print(f"latency at {rate:,.0f} points/s ...", flush=True)
         lat = latency(server, sizes, rate)
         out["latency"] = {
@@ -484,15 +513,17 @@ def measure(sizes: Sizes) -> dict[str, Any]:
             "p50_ms": spread([1000 * percentile(r, 0.5) for r in lat]),
             "p99_ms": spread([1000 * percentile(r, 0.99) for r in lat]),
         }
-        print("under faults ...", flush=True)
-        faulty = throughput(server, sizes, sizes.fault_points, 1, *FAULTS)
+        print("under faults (W2) ...", flush=True)
+        faulty = throughput(server, sizes, "W2", *FAULTS, points=sizes.fault_points)
         out["faults"] = {k: column(faulty, k) for k in faulty[0]}
-    single_rate = out["single"]["points_per_s"]["median"]
+    w2_rate = out["workloads"]["W2"]["points_per_s"]["median"]
+    baseline_rate = out["baseline_points_per_s"]["median"]
     out["ratios"] = {
-        "single_over_baseline": single_rate / out["baseline_points_per_s"]["median"],
-        "packed_over_baseline": out["packed"]["points_per_s"]["median"]
-        / out["baseline_points_per_s"]["median"],
-        "faults_over_no_faults": out["faults"]["points_per_s"]["median"] / single_rate,
+        **{
+            f"{name}_over_baseline": cell["points_per_s"]["median"] / baseline_rate
+            for name, cell in out["workloads"].items()
+        },
+        "faults_over_no_faults": out["faults"]["points_per_s"]["median"] / w2_rate,
     }
     return out
 
@@ -506,19 +537,25 @@ def print_table(out: dict[str, Any]) -> None:
         )
 
     print(f"{'measure':44} {'median':>12} {'min':>12} {'max':>12}")
-    for kind in ("single", "packed"):
-        names = ("points_per_s", "entries_per_s", "cpu_us_per_point", "api_cpu_us_per_point")
-        for name in (*names, "peak_rss_mb"):
-            row(f"{kind}: {name}", out[kind][name])
-        row(f"{kind}: raw ceiling entries_per_s", out[kind]["ceiling_entries_per_s"])
-        row(f"{kind}: worker / ceiling (entries)", out[kind]["worker_over_ceiling"])
+    for name, cell in out["workloads"].items():
+        for measure in (
+            "points_per_s",
+            "cpu_us_per_point",
+            "bare_points_per_s",
+            "bare_cpu_us_per_point",
+            "worker_over_bare_rate",
+            "bare_over_worker_cpu",
+            "api_cpu_us_per_point",
+            "peak_rss_mb",
+        ):
+            row(f"{name}: {measure}", cell[measure])
     row("baseline: one PATCH per point, points/s", out["baseline_points_per_s"])
     for points, cell in out["memory"].items():
-        row(f"peak RSS MB, {int(points):,}-point packed backlog", cell)
+        row(f"peak RSS MB, {int(points):,}-point W4 backlog", cell)
     lat = out["latency"]
     row(f"latency p50 ms at {lat['rate_points_per_s']:,.0f}/s", lat["p50_ms"])
     row(f"latency p99 ms ({lat['probes']} probes)", lat["p99_ms"])
-    row("faults (5% 503, 2% 429): points_per_s", out["faults"]["points_per_s"])
+    row("faults (W2, 5% 503, 2% 429): points_per_s", out["faults"]["points_per_s"])
     row("faults: cpu_us_per_point", out["faults"]["cpu_us_per_point"])
     print("ratios: " + ", ".join(f"{k} x{v:.2f}" for k, v in out["ratios"].items()))
 

@@ -1,12 +1,17 @@
 """Stream entries shaped as /work/shared/WORKLOADS.md says real producers write them.
 
-:class:`W4` is the mixed workload: W2 entries (one point, plain XADD from other languages) and W3
-entries (200 points, batching producers) 1 : 1 over 64 executions; 10 % of entries also carry a
-tag change, 2 % a customInfo of 1-20 kB, 0.1 % an invalid item (a bad name, a NaN value or 21
-labels, in turn). Every point: a name from the 8 of an execution, a float value, a step growing
-per execution, ``rank`` (and for 25 % ``node``) labels, and a timestamp of its own with
-microseconds: the wall clock when the entry is made, so a point's timestamp is its production time
-(the remote-API benchmark measures produce → accepted with it).
+- :func:`w1`: the Emitter in a DDP job, 16 executions x 8 ranks, 8 metrics a step, packed by the
+  producer's own packer as the Emitter packs a flush of STEPS_PER_FLUSH steps;
+- :func:`w2`: one point per entry (plain XADD from other languages), 64 executions;
+- :func:`w3`: PACKED points per entry (batching producers), 64 executions;
+- :class:`W4` (:func:`w4`): W2 and W3 entries 1 : 1 over 64 executions; 10 % of entries also
+  carry a tag change, 2 % a customInfo of 1-20 kB, 0.1 % an invalid item (a bad name, a NaN value
+  or 21 labels, in turn).
+
+Every point: a name from the 8 of an execution, a float value, a step growing per execution,
+``rank`` (and for 25 % ``node``) labels, and a timestamp of its own with microseconds: the wall
+clock when the entry is made, so a point's timestamp is its production time (the remote-API
+benchmark measures produce → accepted with it).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ NAMES: Final = (
 )
 RANKS: Final = 8
 PACKED: Final = 200  # points of a W3 entry
+W1_EXECUTIONS: Final = 16
+STEPS_PER_FLUSH: Final = 10  # a rank logging 10 steps/s with the Emitter's 1 s flush interval
 TAG_SHARE: Final = 0.10
 CUSTOM_INFO_SHARE: Final = 0.02
 INVALID_SHARE: Final = 0.001
@@ -53,6 +60,83 @@ class Entry:
     data: bytes
     points: int  # valid points
     invalid: int  # invalid items
+
+
+def _labels(rng: random.Random, rank: int) -> list[dict[str, str]]:
+    labels = [{"name": "rank", "value": str(rank)}]
+    if rng.random() < 0.25:
+        labels.append({"name": "node", "value": f"node-{rank % 8}"})
+    return labels
+
+
+def point(rng: random.Random, index: int, at: float, rank: int) -> dict[str, Any]:
+    """Point ``index`` of an execution (its step: index // 8) by ``rank`` at time ``at``."""
+    return {
+        "name": NAMES[index % len(NAMES)],
+        "value": rng.uniform(0.0, 10.0),
+        "step": index // len(NAMES),
+        "timestamp": stamp(at),
+        "labels": _labels(rng, rank),
+    }
+
+
+def _plain(tag: str, points: int, per_entry: int, seed: int, clock: Any) -> list[Entry]:
+    rng = random.Random(seed)
+    ids = [f"w-{tag}-{n:03d}" for n in range(64)]
+    made = [0] * len(ids)
+    out = []
+    for number in range(points // per_entry):
+        execution = number % len(ids)
+        first, now, rank = made[execution], clock(), rng.randrange(RANKS)
+        made[execution] += per_entry
+        metrics = [
+            point(rng, first + i, now - (per_entry - 1 - i) * 1e-6, rank) for i in range(per_entry)
+        ]
+        data = orjson.dumps({"executionId": ids[execution], "metrics": metrics})
+        out.append(Entry(ids[execution], data, per_entry, 0))
+    return out
+
+
+def w2(tag: str, points: int, seed: int = 1, clock: Any = time.time) -> list[Entry]:
+    """W2: one point per entry (plain XADD from other languages), 64 executions."""
+    return _plain(tag, points, 1, seed, clock)
+
+
+def w3(tag: str, points: int, seed: int = 1, clock: Any = time.time) -> list[Entry]:
+    """W3: PACKED points per entry (batching producers), 64 executions."""
+    return _plain(tag, points, PACKED, seed, clock)
+
+
+def w1(tag: str, points: int, seed: int = 1, clock: Any = time.time) -> list[Entry]:
+    """W1: what 16 executions x 8 ranks write through the Emitter: each rank's
+    ``log_metrics({8 metrics}, step=s, labels={"rank": r})`` calls (25 % of the metrics also
+    labelled ``node``), packed by the producer's packer one flush (STEPS_PER_FLUSH steps) at a
+    time, ranks and executions interleaved as their flushes would arrive."""
+    from metricrelay.producer.packing import pack  # noqa: PLC0415 (bench-only import)
+
+    rng = random.Random(seed)
+    ids = [f"w1-{tag}-{n:03d}" for n in range(W1_EXECUTIONS)]
+    per_flush = STEPS_PER_FLUSH * len(NAMES)
+    out: list[Entry] = []
+    step = 0
+    while len(out) * per_flush < points:
+        for execution in ids:
+            for rank in range(RANKS):
+                base = clock()
+                ops = []
+                for s in range(step, step + STEPS_PER_FLUSH):
+                    for n, name in enumerate(NAMES):
+                        labels: tuple[tuple[str, str], ...] = (("rank", str(rank)),)
+                        if rng.random() < 0.25:
+                            labels = (*labels, ("node", f"node-{rank % 8}"))
+                        moment = int((base + (s - step) * 1e-3 + n * 1e-6) * 1e9)
+                        ops.append((name, rng.uniform(0.0, 10.0), s, labels, moment))
+                for data, count in pack(ops, "default", execution):
+                    out.append(Entry(execution, data, count, 0))
+                if len(out) * per_flush >= points:
+                    return out
+        step += STEPS_PER_FLUSH
+    return out
 
 
 @dataclass
@@ -99,16 +183,7 @@ class W4:
         return Entry(self.ids[number], data, count, invalid)
 
     def _point(self, index: int, at: float, rank: int) -> dict[str, Any]:
-        labels = [{"name": "rank", "value": str(rank)}]
-        if self._rng.random() < 0.25:
-            labels.append({"name": "node", "value": f"node-{rank % 8}"})
-        return {
-            "name": NAMES[index % len(NAMES)],
-            "value": self._rng.uniform(0.0, 10.0),
-            "step": index // len(NAMES),
-            "timestamp": stamp(at),
-            "labels": labels,
-        }
+        return point(self._rng, index, at, rank)
 
     def _invalid(self, index: int, at: float, rank: int) -> dict[str, Any]:
         point = self._point(index, at, rank)
@@ -120,3 +195,14 @@ class W4:
         else:
             point["labels"] = [{"name": f"l{i}", "value": "v"} for i in range(21)]
         return point
+
+
+def w4(tag: str, points: int, seed: int = 1) -> list[Entry]:
+    """W4 entries until they carry ``points`` valid points."""
+    maker = W4(tag, seed)
+    out: list[Entry] = []
+    made = 0
+    while made < points:
+        out.append(maker.entry())
+        made += out[-1].points
+    return out

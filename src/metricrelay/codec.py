@@ -15,8 +15,9 @@ import orjson
 import pydantic_core
 from pydantic import TypeAdapter, ValidationError
 
-from metricrelay import timestamps
+from metricrelay import timestamps, wholeentry
 from metricrelay.models import Fragment, MetricResource
+from metricrelay.wholeentry import Run
 
 __all__ = [
     "FRAGMENT_ADAPTER",
@@ -66,16 +67,25 @@ class Problem:
 
 @dataclass(slots=True)
 class EncodedFragment:
-    """A valid fragment whose items are already encoded; tags and customInfo keep their names."""
+    """A valid fragment whose items are already encoded; tags and customInfo keep their names.
+
+    Its metrics are either encoded one by one (``metrics``) or, for an entry that needed no
+    rewriting, the entry's own run of them (``run``, only when asked for: see decode_entry).
+    """
 
     resource_group: str
     execution_id: str
     metrics: list[bytes] = field(default_factory=list)
     tags: list[tuple[str, bytes]] = field(default_factory=list)
     custom_info: list[tuple[str, bytes]] = field(default_factory=list)
+    run: Run | None = None
+
+    @property
+    def metric_count(self) -> int:
+        return len(self.metrics) + (0 if self.run is None else self.run.count)
 
     def item_count(self) -> int:
-        return len(self.metrics) + len(self.tags) + len(self.custom_info)
+        return self.metric_count + len(self.tags) + len(self.custom_info)
 
 
 @dataclass(slots=True)
@@ -131,11 +141,26 @@ def single_item_resource(
     )
 
 
-def decode_entry(raw: bytes, *, entry_ms: int, default_resource_group: str) -> Decoded:
+def decode_entry(
+    raw: bytes, *, entry_ms: int, default_resource_group: str, runs: bool = False
+) -> Decoded:
     """Validate one stream entry's ``resource`` bytes and encode its valid items.
 
-    ``entry_ms`` (the stream id's time) becomes the timestamp of metrics that carry none.
+    ``entry_ms`` (the stream id's time) becomes the timestamp of metrics that carry none. With
+    ``runs``, an entry valid as written keeps its metrics as one run (wholeentry.py): for the
+    worker, whose coalescer places runs; everyone else gets items one by one.
     """
+    if runs:
+        whole = wholeentry.read(raw)
+        if whole is not None:
+            fragment = EncodedFragment(
+                whole.resource_group or default_resource_group,
+                whole.execution_id,
+                tags=whole.tags,
+                custom_info=whole.custom_info,
+                run=whole.metrics,
+            )
+            return Decoded(fragment, [])
     try:
         valid = FRAGMENT_ADAPTER.validate_json(raw)
     except ValidationError as exc:

@@ -10,6 +10,11 @@ Acknowledgement bookkeeping lives in the worker's
 or in-flight body, a rejected item awaiting its dead-letter write) holds the entry once; the
 entry is done when the last holder releases it.
 
+A metric item in a body is usually one encoded point; an entry that travelled the whole-entry
+fast path (wholeentry.py) arrives as one *run* of points, placed whole while it fits and cut into
+its points only where a body must close inside it — so bodies come out exactly as they would from
+single points, with one Python object per entry instead of per point.
+
 Limits learned from 413 answers only shape batching: they make later bodies smaller, and they
 grow back towards the configured ones after a quiet period. An item is rejected at intake only by
 the API's documented limits; one too large for the configured or learned byte budget travels in
@@ -28,6 +33,7 @@ import orjson
 from metricrelay.codec import EncodedFragment, Section, single_item_resource
 from metricrelay.models import MAX_CUSTOM_INFO, MAX_CUSTOM_INFO_BYTES, MAX_METRICS, MAX_TAGS
 from metricrelay.relay.entries import EntryBook
+from metricrelay.wholeentry import items_of
 
 __all__ = ["Body", "CloseReason", "Coalescer", "Limits", "Rejected"]
 
@@ -47,7 +53,8 @@ _KEYS: Final[dict[Section, bytes]] = {
     "customInfo": b',"customInfo":[',
 }
 
-Item = tuple[bytes, str]  # (encoded item, id of the stream entry it came from)
+# (encoded item, id of the stream entry it came from); in Body.metrics also a run of items
+Item = tuple[bytes, str]
 
 
 class CloseReason(StrEnum):
@@ -105,6 +112,7 @@ class Body:
     tags: dict[str, Item] = field(default_factory=dict)
     custom_info: dict[str, Item] = field(default_factory=dict)
     sources: dict[str, None] = field(default_factory=dict)  # ordered set of stream ids
+    metric_count: int = 0  # points in ``metrics`` (more than its length when it holds runs)
     size: int = 0
     custom_info_bytes: int = 0
     close_reason: CloseReason | None = None
@@ -118,7 +126,15 @@ class Body:
 
     @property
     def item_count(self) -> int:
-        return len(self.metrics) + len(self.tags) + len(self.custom_info)
+        return self.metric_count + len(self.tags) + len(self.custom_info)
+
+    def single_metrics(self) -> list[Item]:
+        """``metrics`` with every run cut into its points (the list itself when it holds none);
+        afterwards ``metrics`` holds single points."""
+        if self.metric_count != len(self.metrics):
+            runs = self.metrics
+            self.metrics = [(one, source) for data, source in runs for one in items_of(data)]
+        return self.metrics
 
     def named(self, section: Section) -> dict[str, Item]:
         return self.tags if section == "tags" else self.custom_info
@@ -139,7 +155,8 @@ class Body:
 
         Entries whose only item was superseded (last write wins) stay covered by the first half.
         """
-        items: list[tuple[Section, str | None, Item]] = [("metrics", None, m) for m in self.metrics]
+        metrics = self.single_metrics()
+        items: list[tuple[Section, str | None, Item]] = [("metrics", None, m) for m in metrics]
         items += [("tags", name, item) for name, item in self.tags.items()]
         items += [("customInfo", name, item) for name, item in self.custom_info.items()]
         if len(items) < 2:
@@ -159,6 +176,7 @@ class Body:
             body.sources.setdefault(source, None)
             if name is None:
                 body.metrics.append((data, source))
+                body.metric_count += 1
             else:
                 body.named(section)[name] = (data, source)
                 if section == "customInfo":
@@ -208,6 +226,8 @@ class Coalescer:
         """Take one entry's valid items. Returns ids done at once (an entry with no items)."""
         self.book.hold(source)  # the intake hold: no release while the entry is half-placed
         key = (fragment.resource_group, fragment.execution_id)
+        if fragment.run is not None:
+            self._place_run(source, key, fragment.run.data, fragment.run.count, now)
         for data in fragment.metrics:
             self._place(source, key, "metrics", None, data, now=now)
         for name, data in fragment.tags:
@@ -254,7 +274,7 @@ class Coalescer:
 
         The server does not say which of its limits the body broke, so both shrink; neither ever
         condemns an item (see the module docstring), and both grow back after a quiet period."""
-        metrics = len(body.metrics)
+        metrics = body.metric_count
         self.limits = replace(
             self.limits,
             max_body_bytes=min(
@@ -286,6 +306,24 @@ class Coalescer:
         """The rejected item was dead-lettered: release its entry; return the done ids."""
         return self.book.release((rejected.source,))
 
+    def _place_run(
+        self, source: str, key: tuple[str, str], data: bytes, count: int, now: float
+    ) -> None:
+        """A run of ``count`` points: placed whole where it fits, else point by point."""
+        body = self._open.get(key) or self._new_body(key, now)
+        if self._misfit(body, "metrics", data, None, count) is not None:
+            for one in items_of(data):
+                self._place(source, key, "metrics", None, one, now=now)
+            return
+        if source not in body.sources:
+            body.sources[source] = None
+            self.book.hold(source)
+        body.size += body.growth("metrics", data, None)
+        body.metrics.append((data, source))
+        body.metric_count += count
+        if body.metric_count >= self.limits.max_metrics:
+            self._close(body, CloseReason.METRICS)
+
     def _place(
         self,
         source: str,
@@ -316,22 +354,24 @@ class Coalescer:
         body.size += body.growth(section, data, replaces)
         if name is None:
             body.metrics.append((data, source))
+            body.metric_count += 1
         else:  # last write wins by name; the earlier entry stays a source of this body (covered)
             body.named(section)[name] = (data, source)
             if section == "customInfo":
                 body.custom_info_bytes += len(data) - (0 if replaces is None else len(replaces))
         if full is not None:  # too large for any body under the budget: it travels alone
             self._close(body, full)
-        elif name is None and len(body.metrics) >= self.limits.max_metrics:
+        elif name is None and body.metric_count >= self.limits.max_metrics:
             self._close(body, CloseReason.METRICS)
 
     def _misfit(
-        self, body: Body, section: Section, data: bytes, replaces: bytes | None
+        self, body: Body, section: Section, data: bytes, replaces: bytes | None, count: int = 1
     ) -> CloseReason | None:
-        """Why ``data`` does not fit into ``body`` now (None if it does)."""
+        """Why ``data`` (``count`` points of a run) does not fit into ``body`` now (None if it
+        does)."""
         limits = self.limits
         if replaces is None:
-            if section == "metrics" and len(body.metrics) >= limits.max_metrics:
+            if section == "metrics" and body.metric_count + count > limits.max_metrics:
                 return CloseReason.METRICS
             if section == "tags" and len(body.tags) >= limits.max_tags:
                 return CloseReason.TAGS

@@ -24,7 +24,7 @@ def absorb(into: Body, other: Body, limits: Limits) -> list[str] | None:
     bodies held: ``into`` now holds each of them twice and must give one hold back."""
     if into.key != other.key:
         raise ValueError("only bodies of one execution can be merged")
-    if len(into.metrics) + len(other.metrics) > limits.max_metrics:
+    if into.metric_count + other.metric_count > limits.max_metrics:
         return None
     if len(into.tags) + _added(into.tags, other.tags) > limits.max_tags:
         return None
@@ -38,6 +38,7 @@ def absorb(into: Body, other: Body, limits: Limits) -> list[str] | None:
         return None
     shared = [source for source in other.sources if source in into.sources]
     into.metrics.extend(other.metrics)
+    into.metric_count += other.metric_count
     into.tags.update(other.tags)
     into.custom_info.update(other.custom_info)
     for source in other.sources:
@@ -45,7 +46,7 @@ def absorb(into: Body, other: Body, limits: Limits) -> list[str] | None:
     into.size = size
     into.custom_info_bytes = info_bytes
     # why it can take no more, if it cannot: its last items came from ``other``
-    full = len(into.metrics) >= limits.max_metrics
+    full = into.metric_count >= limits.max_metrics
     into.close_reason = CloseReason.METRICS if full else other.close_reason
     return shared
 
@@ -57,12 +58,13 @@ def top_up(into: Body, other: Body, limits: Limits) -> list[str]:
     each needs a hold of its own."""
     if into.key != other.key:
         raise ValueError("only bodies of one execution can be merged")
-    room = limits.max_metrics - len(into.metrics)
+    room = limits.max_metrics - into.metric_count
     budget = limits.max_body_bytes - into.size
+    metrics = other.single_metrics()
     if not other.tags and not other.custom_info:
-        room = min(room, len(other.metrics) - 1)  # all of it would have been absorbed
+        room = min(room, len(metrics) - 1)  # all of it would have been absorbed
     moved = used = 0
-    for data, _ in other.metrics[: max(0, room)]:
+    for data, _ in metrics[: max(0, room)]:
         cost = len(data) + (_separators(into, "metrics", 1) if not moved else 1)
         if used + cost > budget:
             break
@@ -70,8 +72,10 @@ def top_up(into: Body, other: Body, limits: Limits) -> list[str]:
         moved += 1
     if not moved:
         return []
-    taken, other.metrics = other.metrics[:moved], other.metrics[moved:]
+    taken, other.metrics = metrics[:moved], metrics[moved:]
     into.metrics.extend(taken)
+    into.metric_count += moved
+    other.metric_count -= moved
     into.size += used
     other.size = len(other.encode())
     gained = [source for _, source in taken if source not in into.sources]
@@ -119,7 +123,7 @@ def _replacing(mine: NamedItems, theirs: NamedItems) -> int:
 
 def _growth(into: Body, other: Body) -> int:
     """Bytes the encoded ``into`` grows by taking every item of ``other``."""
-    grown = _separators(into, "metrics", len(other.metrics))
+    grown = _separators(into, "metrics", len(other.metrics))  # elements: a run is one
     grown += sum(len(data) for data, _ in other.metrics)
     named: tuple[tuple[Section, NamedItems, NamedItems], ...] = (
         ("tags", into.tags, other.tags),

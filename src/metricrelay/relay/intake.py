@@ -25,7 +25,10 @@ def decode(
     if entry.resource is None:
         return None, [DeadLetter(b"", Reason.INVALID, "entry has no 'resource' field", [entry.id])]
     decoded = decode_entry(
-        entry.resource, entry_ms=entry.ms, default_resource_group=default_resource_group
+        entry.resource,
+        entry_ms=entry.ms,
+        default_resource_group=default_resource_group,
+        runs=True,
     )
     invalid = [
         DeadLetter(p.resource, Reason.INVALID, p.message, [entry.id]) for p in decoded.problems

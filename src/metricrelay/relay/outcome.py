@@ -26,18 +26,18 @@ def progress(body: Body, delivery: Delivery) -> dict[str, int]:
     dead: dict[str, int] = {}
     for failure in delivery.failures:
         key = f"points_dead_{failure.reason}"
-        dead[key] = dead.get(key, 0) + len(failure.body.metrics)
-    return {"points_accepted": len(body.metrics) - sum(dead.values()), **dead}
+        dead[key] = dead.get(key, 0) + failure.body.metric_count
+    return {"points_accepted": body.metric_count - sum(dead.values()), **dead}
 
 
 def tally(count: Callable[[Tally, int], None], body: Body, delivery: Delivery) -> None:
-    failed = sum(len(f.body.metrics) for f in delivery.failures)
+    failed = sum(f.body.metric_count for f in delivery.failures)
     count(Tally.REQUESTS, delivery.requests)
     count(Tally.RETRIES, delivery.retries)
     count(Tally.SPLITS, delivery.splits)
     count(Tally.SPLITS_413, delivery.too_large_splits)
     count(Tally.SPLITS_400, delivery.splits - delivery.too_large_splits)
-    count(Tally.POINTS_SENT, len(body.metrics) - failed)
+    count(Tally.POINTS_SENT, body.metric_count - failed)
     for failure in delivery.failures:
         count(dead_tally(failure.reason), 1)
     if delivery.failures:
@@ -52,7 +52,7 @@ def log_batch(logger: logging.Logger, body: Body, delivery: Delivery, seconds: f
         "batch %s/%s: %d points, %d bytes, statuses %s, %d requests, %d dead, %.0f ms",
         body.resource_group,
         body.execution_id,
-        len(body.metrics),
+        body.metric_count,
         body.size,
         delivery.statuses,
         delivery.requests,
@@ -61,7 +61,7 @@ def log_batch(logger: logging.Logger, body: Body, delivery: Delivery, seconds: f
         extra={
             "resource_group": body.resource_group,
             "execution_id": body.execution_id,
-            "points": len(body.metrics),
+            "points": body.metric_count,
             "bytes": body.size,
             "requests": delivery.requests,
             "dead": len(delivery.failures),
