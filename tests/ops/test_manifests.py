@@ -3,15 +3,21 @@
 Rendering: ``kustomize build`` or ``kubectl kustomize`` when either is on PATH; otherwise the
 documents of each kustomization's ``resources`` are read directly, applying the only
 transformations our kustomizations use (``namespace``, ``images``, and ``patches`` that merge
-maps, replace lists and delete on null) — and when a tool is there, a test checks that this
-fallback renders exactly what the tool renders.
+maps, merge a pod's named lists by name, replace other lists and delete on null) — and when a
+tool is there, a test checks that this fallback renders exactly what the tool renders.
 
 Schemas: core objects against the Kubernetes OpenAPI schemas that ``kubernetes-validate``
 ships (strict: unknown fields are errors). KEDA's ScaledObject is a CRD, not in those: it is
 validated against ``schemas/keda-scaledobject-v1alpha1.json`` (generated from the models of
 cloudcoil-models-keda 2.16.1.0, which are generated from KEDA 2.16.1's CRD; see its $comment),
 and the redis-streams and redis-cluster-streams triggers' metadata — a free string map in the
-CRD — is checked field by field against KEDA's documented parameters.
+CRD — is checked field by field against KEDA's documented parameters. The Prometheus
+Operator's PrometheusRule (deploy/k8s/monitoring) against ``schemas/prometheusrule-v1.json``.
+
+The bundled Redis is locked down twice, and both are checked here: it requires the password of
+the Secret ``metricrelay-redis-auth`` (every Redis client in the rendering takes it from that
+Secret; a redis-server started with the StatefulSet's own command refuses anyone without it),
+and NetworkPolicies admit to it only the workers, an ingest and labelled producer namespaces.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import kubernetes_validate
 import pytest
 import redis
 import yaml
+from redis.connection import parse_url
+from tests.support.waiting import until_sync
 
 from metricrelay.connection import is_cluster, startup_nodes
 from metricrelay.devtools.embedded import RedisServer, find_redis_server
@@ -38,11 +46,17 @@ from metricrelay.settings import ENV_PREFIX, FIELDS, Settings
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-TARGETS = ("base", "redis", "overlays/with-redis", "overlays/sharded-cluster")
+TARGETS = ("base", "redis", "overlays/with-redis", "overlays/sharded-cluster", "monitoring")
 K8S_VERSION = "1.30.0"
-KEDA_SCHEMA = json.loads(
-    (Path(__file__).parent / "schemas/keda-scaledobject-v1alpha1.json").read_text()
-)
+SCHEMAS = Path(__file__).parent / "schemas"
+KEDA_SCHEMA = json.loads((SCHEMAS / "keda-scaledobject-v1alpha1.json").read_text())
+PROMETHEUS_RULE_SCHEMA = json.loads((SCHEMAS / "prometheusrule-v1.json").read_text())
+# The bundled Redis's password: this Secret's key, read by Redis and by every client of it.
+REDIS_AUTH = {"name": "metricrelay-redis-auth", "key": "password"}
+PRODUCER_NAMESPACES = {"metricrelay.io/producer": "true"}  # the label README documents
+INGEST_PODS = {"app.kubernetes.io/name": "metricrelay", "app.kubernetes.io/component": "ingest"}
+# Lists of a pod spec that kustomize merges by their items' names (strategic merge keys).
+NAMED_LISTS = frozenset({"containers", "initContainers", "env", "volumes", "volumeMounts"})
 # redis-streams and redis-cluster-streams trigger metadata, from KEDA's scaler documentation
 _STREAM_FIELDS = {
     "usernameFromEnv", "passwordFromEnv", "stream", "consumerGroup", "pendingEntriesCount",
@@ -99,14 +113,30 @@ def _set_images(doc: dict[str, Any], images: list[dict[str, str]]) -> None:
 
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> None:
     """A strategic merge patch as kustomize applies it to these objects: maps merge, a null
-    deletes, and lists are replaced (a CRD's lists have no merge keys; ours patch no others)."""
+    deletes, a pod's named lists (NAMED_LISTS) merge by name, and other lists are replaced (a
+    CRD's lists have no merge keys; ours patch no others)."""
     for name, value in patch.items():
         if value is None:
             base.pop(name, None)
         elif isinstance(value, dict) and isinstance(base.get(name), dict):
             _merge(base[name], value)
+        elif name in NAMED_LISTS and isinstance(base.get(name), list):
+            base[name] = _merge_named(base[name], value)
         else:
             base[name] = value
+
+
+def _merge_named(base: list[dict[str, Any]], patch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """kustomize's order: the patch's items first (merged into the base's of the same name),
+    then the base's items that the patch does not name."""
+    by_name = {item["name"]: item for item in base}
+    merged = []
+    for item in patch:
+        target = json.loads(json.dumps(by_name.get(item["name"], {})))
+        _merge(target, item)
+        merged.append(target)
+    named = {item["name"] for item in patch}
+    return merged + [item for item in base if item["name"] not in named]
 
 
 def _apply_patch(docs: list[dict[str, Any]], patch: dict[str, Any]) -> None:
@@ -176,6 +206,11 @@ def _keda_errors(doc: dict[str, Any]) -> list[str]:
     return errors
 
 
+def _prometheus_rule_errors(doc: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft202012Validator(PROMETHEUS_RULE_SCHEMA)
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(doc)]
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_object_validates(target: str) -> None:
     docs = render(target)
@@ -183,11 +218,15 @@ def test_every_object_validates(target: str) -> None:
     for doc in docs:
         if doc["apiVersion"].startswith("keda.sh/"):
             assert _keda_errors(doc) == [], doc["metadata"]["name"]
+        elif doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            assert _prometheus_rule_errors(doc) == [], doc["metadata"]["name"]
         else:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("name", ["service-key-secret.yaml", "redis-url-secret.yaml"])
+@pytest.mark.parametrize(
+    "name", ["service-key-secret.yaml", "redis-url-secret.yaml", "redis-auth-secret.yaml"]
+)
 def test_secret_examples_validate_and_hold_placeholders_only(name: str) -> None:
     [doc] = _documents((K8S / "examples" / name).read_text())
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -224,6 +263,14 @@ def test_schema_validation_catches_mistakes() -> None:
     assert "the formula names no trigger s3" in errors
     assert "unknown redis-cluster-streams field address" in errors
     assert "redis-cluster-streams needs one of" in errors
+    rule = json.loads(json.dumps(_by_kind(render("monitoring"))["PrometheusRule"]))
+    rule["spec"]["groups"][0]["rules"][0]["fore"] = "5m"
+    rule["spec"]["groups"][0]["rules"][1]["for"] = "five minutes"
+    del rule["spec"]["groups"][0]["rules"][2]["expr"]
+    errors = " | ".join(_prometheus_rule_errors(rule))
+    assert "'fore' was unexpected" in errors
+    assert "'five minutes' does not match" in errors
+    assert "'expr' is a required property" in errors
 
 
 @pytest.mark.skipif(_tool() is None, reason="neither kustomize nor kubectl is installed")
@@ -397,3 +444,217 @@ def test_the_dockerfile() -> None:
         if line.startswith(("ENV", "ARG")):
             assert not re.search(r"SECRET|TOKEN|PASSWORD|CLIENT_ID|SERVICE_KEY", line, re.I)
     assert not any(line.startswith("COPY") and ".json" in line for line in lines)
+
+
+# ---------------------------------------------------------------------------- the bundled Redis
+
+
+def _from_secret(container: dict[str, Any], variable: str) -> dict[str, Any] | None:
+    for item in container.get("env", []):
+        if item["name"] == variable:
+            ref: dict[str, Any] | None = item.get("valueFrom", {}).get("secretKeyRef")
+            return ref
+    return None
+
+
+def _expand(container: dict[str, Any], config: dict[str, str], secret: str) -> dict[str, str]:
+    """The container's environment as Kubernetes builds it: envFrom ConfigMaps first, then env
+    entries in order, each expanding $(NAME) of the entries defined before it (only those)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(config)
+    defined: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "valueFrom" in item:
+            assert item["valueFrom"]["secretKeyRef"] == REDIS_AUTH
+            value = secret
+        else:
+            value = re.sub(
+                r"\$\((\w+)\)", lambda m: defined.get(m.group(1), m.group(0)), item["value"]
+            )
+        defined[item["name"]] = env[item["name"]] = value
+    return env
+
+
+def _redis_service(docs: list[dict[str, Any]]) -> tuple[str, int]:
+    [service] = [
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("redis")
+    ]
+    host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    return host, service["spec"]["ports"][0]["port"]
+
+
+def test_redis_requires_the_password_of_the_secret() -> None:
+    docs = render("overlays/with-redis")
+    kinds = _by_kind(docs)
+    [container] = kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["sh", "-c"]
+    [script] = container["args"]
+    # exec: redis-server is PID 1 and gets SIGTERM (final AOF fsync); "-" last: stdin config
+    first = script.splitlines()[0]
+    assert first.startswith("exec redis-server /etc/redis/redis.conf ") and first.endswith(
+        " - <<EOF"
+    )
+    assert "requirepass $REDIS_PASSWORD" in script.splitlines()
+    assert _from_secret(container, "REDIS_PASSWORD") == REDIS_AUTH
+    assert _from_secret(container, "REDISCLI_AUTH") == REDIS_AUTH  # the probes' redis-cli
+    assert "PONG" in " ".join(container["readinessProbe"]["exec"]["command"])  # not NOAUTH
+    [redis_conf] = [
+        d["data"]["redis.conf"]
+        for d in docs
+        if d["kind"] == "ConfigMap" and "redis.conf" in d["data"]
+    ]
+    assert not re.search(r"^\s*requirepass", redis_conf, re.MULTILINE)  # one source: the Secret
+    [example] = _documents((K8S / "examples/redis-auth-secret.yaml").read_text())
+    assert example["metadata"]["name"] == REDIS_AUTH["name"]
+    assert REDIS_AUTH["key"] in example["stringData"]
+
+
+def test_every_client_of_the_bundled_redis_takes_the_password_from_the_secret() -> None:
+    """Every container whose METRICRELAY_REDIS_URL (as Kubernetes builds its environment) names
+    the bundled Redis gets the Secret's password into that URL — and there is at least one."""
+    docs = render("overlays/with-redis")
+    host, port = _redis_service(docs)
+    config = next(d["data"] for d in docs if d["metadata"]["name"] == "metricrelay-config")
+    clients = 0
+    for doc in docs:
+        if doc["kind"] not in {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}:
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            env = _expand(container, config, secret="s3cr3t0123abcdef")
+            if "METRICRELAY_REDIS_URL" not in env:
+                continue
+            env.pop("METRICRELAY_SERVICE_KEY", None)  # a file in the pod, not here
+            settings = Settings.from_sources(env=env)
+            parts = parse_url(settings.redis.redis_url)  # type: ignore[no-untyped-call]
+            if parts.get("host") != host:
+                continue
+            clients += 1
+            assert _from_secret(container, "REDIS_PASSWORD") == REDIS_AUTH, doc["metadata"]
+            assert (parts["password"], parts.get("port")) == ("s3cr3t0123abcdef", port)
+    assert clients == 1  # the workers (the ingest and producers run elsewhere: README)
+    # the base, for a Redis of your own, knows nothing of this Secret
+    assert "metricrelay-redis-auth" not in json.dumps(render("base"))
+
+
+def _peers(rule: dict[str, Any]) -> set[tuple[str, frozenset[tuple[str, str]]]]:
+    peers = set()
+    for peer in rule["from"]:
+        [(kind, selector)] = peer.items()  # one selector per peer: both would mean "and"
+        assert set(selector) == {"matchLabels"}, peer
+        peers.add((kind, frozenset(selector["matchLabels"].items())))
+    return peers
+
+
+def _selected(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    selector = policy["spec"]["podSelector"]
+    assert set(selector) <= {"matchLabels"}
+    return bool(selector) and selector["matchLabels"].items() <= labels.items()
+
+
+def test_network_policies_admit_to_redis_only_workers_ingest_and_producers() -> None:
+    docs = render("overlays/with-redis")
+    kinds = _by_kind(docs)
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    redis_pods = kinds["StatefulSet"]["spec"]["template"]["metadata"]["labels"]
+    worker_pods = kinds["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    [guard] = [p for p in policies if _selected(p, redis_pods)]
+    assert guard["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = guard["spec"]["ingress"]
+    [redis_port] = kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["ports"]
+    _, service_port = _redis_service(docs)
+    assert rule["ports"] == [{"protocol": "TCP", "port": redis_port["containerPort"]}]
+    assert redis_port["containerPort"] == service_port
+    worker_peer = {"app.kubernetes.io/name": "metricrelay", "app.kubernetes.io/component": "worker"}
+    assert _peers(rule) == {
+        ("podSelector", frozenset(worker_peer.items())),
+        ("podSelector", frozenset(INGEST_PODS.items())),
+        ("namespaceSelector", frozenset(PRODUCER_NAMESPACES.items())),
+    }
+    assert worker_peer.items() <= worker_pods.items()  # the peer is the workers' pods
+    assert not INGEST_PODS.items() <= redis_pods.items()
+    # the workers' own policy: only their metrics/probe port, and it does not cover Redis
+    [workers] = [p for p in policies if _selected(p, worker_pods)]
+    assert not _selected(workers, redis_pods)
+    assert workers["spec"]["policyTypes"] == ["Ingress"]
+    [container] = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert workers["spec"]["ingress"] == [
+        {"ports": [{"protocol": "TCP", "port": container["ports"][0]["name"]}]}
+    ]
+    assert container["ports"][0]["containerPort"] == 9095
+
+
+class _PasswordRedis(RedisServer):
+    """A redis-server started by the StatefulSet's own command (sh -c script), with the paths of
+    the pod replaced by the test's; ready once it answers at all (NOAUTH included)."""
+
+    def __init__(self, script: str, config: Path) -> None:
+        super().__init__()
+        self.script, self.config = script, config
+
+    def _argv(self) -> list[str]:
+        extra = (
+            f"--dir {self.directory} --port {self.port} --bind 127.0.0.1 "
+            f"--logfile {self.directory / 'redis.log'}"
+        )
+        script = (
+            self.script.replace("redis-server ", f"{find_redis_server()} ", 1)
+            .replace("/etc/redis/redis.conf", str(self.config))
+            .replace("--dir /data", extra)
+        )
+        return ["sh", "-c", script]
+
+    def _wait_ready(self, timeout: float) -> bool:
+        client = redis.Redis(port=self.port, socket_timeout=1)
+
+        def state() -> str | None:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                return "exited"
+            try:
+                client.ping()
+            except redis.AuthenticationError:
+                return "locked"
+            except redis.ConnectionError:
+                return None  # not listening yet
+            return "open"
+
+        try:
+            return until_sync(state, timeout=timeout, what="redis-server answering") == "locked"
+        finally:
+            client.close()
+
+
+@pytest.mark.integration  # starts a redis-server with the StatefulSet's command and redis.conf
+def test_the_redis_command_refuses_clients_without_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render("overlays/with-redis")
+    kinds = _by_kind(docs)
+    [container] = kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    [script] = container["args"]
+    redis_conf = next(d["data"]["redis.conf"] for d in docs if "redis.conf" in d.get("data", {}))
+    config = tmp_path / "redis.conf"
+    config.write_text(redis_conf)
+    password = "0123456789abcdef" * 4  # what `openssl rand -hex 32` gives
+    monkeypatch.setenv("REDIS_PASSWORD", password)
+    host, _ = _redis_service(docs)
+    [worker] = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
+    config_map = next(d["data"] for d in docs if d["metadata"]["name"] == "metricrelay-config")
+    with _PasswordRedis(script, config) as server:
+        worker_url = _expand(worker, config_map, password)["METRICRELAY_REDIS_URL"]
+        local_url = worker_url.replace(f"{host}:6379", f"127.0.0.1:{server.port}")
+        anonymous = redis.Redis(port=server.port)
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        anonymous.close()
+        wrong = redis.Redis.from_url(local_url.replace(password, "not-the-password"))
+        with pytest.raises(redis.AuthenticationError):
+            wrong.ping()
+        wrong.close()
+        client = redis.Redis.from_url(local_url)  # the worker's URL, password from the Secret
+        client.xadd("metricrelay:events", {"resource": b"{}"})
+        assert client.xlen("metricrelay:events") == 1
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        client.close()

@@ -36,6 +36,13 @@ class Watched(Protocol):
     def redis_full_since(self) -> float | None: ...
 
 
+class Limited(Protocol):
+    """The delivery slots of a worker process (relay/concurrency.py), as the gauge reads them."""
+
+    @property
+    def limit(self) -> int: ...
+
+
 __all__ = ["LATENCY_BUCKETS", "LOOP_LAG_BUCKETS", "ApiContact", "WorkerMetrics"]
 
 log = logging.getLogger(__name__)
@@ -207,9 +214,12 @@ class WorkerMetrics:
         self.group_lag.set(math.nan)
         self.group_pending.set(math.nan)
 
-    def watch(self, worker: Watched, tokens: object) -> None:
-        """Gauges read from the worker at scrape time (attribute reads, nothing on the hot path)."""
+    def watch(self, worker: Watched, tokens: object, slots: Limited | None = None) -> None:
+        """Gauges read from the worker at scrape time (attribute reads, nothing on the hot path);
+        ``slots``: the process's delivery slots, whose adaptive limit dashboards plot."""
         r = self.registry
+        if slots is not None:
+            self._watch_limit(slots)
         held = Gauge(
             "metricrelay_buffered_bytes",
             "Bytes of stream entries held (buffered, in flight, awaiting retry) until acked.",
@@ -248,6 +258,15 @@ class WorkerMetrics:
         full.set_function(lambda: 0 if worker.redis_full_since is None else 1)
         self._watched = worker
         r.register(_TokenCollector(tokens))
+
+    def _watch_limit(self, slots: Limited) -> None:
+        limit = Gauge(
+            "metricrelay_delivery_limit",
+            "Bodies allowed in flight at once: the adaptive concurrency limit (at most "
+            "METRICRELAY_CONCURRENCY), lowered when the API pushes back.",
+            registry=self.registry,
+        )
+        limit.set_function(lambda: slots.limit)
 
     # ------------------------------------------------------------------ fed by the worker
 

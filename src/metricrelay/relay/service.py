@@ -163,7 +163,7 @@ async def open_worker(
         "" if not shards.old else f" after draining {len(shards.old)} old ones",
     )
     log.info("sending to %s", parts.url)
-    metrics.watch(fleet, parts.tokens)
+    metrics.watch(fleet, parts.tokens, slots)
     return fleet
 
 
