@@ -1,4 +1,5 @@
-"""SAP's own ai-core-sdk, unchanged, against the reference server: the contract as it sees it."""
+"""SAP's own Python SDK (sap-ai-sdk-core, module ``ai_core_sdk``), unchanged, against the
+reference server: the contract as it sees it."""
 
 from __future__ import annotations
 
@@ -193,19 +194,18 @@ def test_too_many_metrics_is_a_413(background) -> None:
 
 
 def test_in_cluster_mode_patches_the_tracking_endpoint(background, monkeypatch) -> None:
+    # sap-ai-sdk-core takes AICORE_EXECUTION_ID as the default execution id inside an execution:
+    # an id given explicitly is sent as given (the deprecated ai-core-sdk overrode it).
     server = background(tracking_resource_group="tenant-rg")
     monkeypatch.setenv("AICORE_EXECUTION_ID", "exec-incluster")
     monkeypatch.setenv("AICORE_TRACKING_ENDPOINT", server.url)
     inside = sdk(server, secret="never-used")  # in-cluster: no token is ever fetched
-    inside.metrics.modify(
-        execution_id="ignored-in-cluster",
-        metrics=points(2),
-        tags=[MetricTag(name="stage", value="train")],
-    )
+    inside.metrics.modify(metrics=points(2), tags=[MetricTag(name="stage", value="train")])
     Tracking().log_metrics(metrics=points(1, name="val_loss"), artifact_name="model")
+    inside.metrics.modify(execution_id="exec-explicit", metrics=points(1, name="other"))
     monkeypatch.delenv("AICORE_EXECUTION_ID")
     seen = stats(server)
-    assert seen["requests"]["PATCH /api/v1/metrics"] == 2
+    assert seen["requests"]["PATCH /api/v1/metrics"] == 3
     assert "POST /oauth/token" not in seen["requests"]
 
     outside = sdk(server, group="tenant-rg")
@@ -214,4 +214,5 @@ def test_in_cluster_mode_patches_the_tracking_endpoint(background, monkeypatch) 
     artifact = [(lb.name, lb.value) for lb in res.metrics[2].labels]
     assert ("metrics.ai.sap.com/Artifact.name", "model") in artifact
     assert [(t.name, t.value) for t in res.tags] == [("stage", "train")]
-    assert outside.metrics.query(execution_ids=["ignored-in-cluster"]).count == 0
+    (explicit,) = outside.metrics.query(execution_ids=["exec-explicit"]).resources
+    assert [m.name for m in explicit.metrics] == ["other"]

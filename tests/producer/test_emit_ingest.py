@@ -179,10 +179,10 @@ def test_sap_sdk_in_cluster_mode_through_ingest_unchanged(
         base_url="http://unused.invalid/v2", auth_url="http://unused.invalid/oauth/token",
         client_id="unused", client_secret="unused", resource_group="default",
     )  # fmt: skip
-    client.metrics.modify(
-        execution_id="ignored", metrics=points, tags=[MetricTag(name="stage", value="train")]
-    )
+    # sap-ai-sdk-core: AICORE_EXECUTION_ID is the default id; an explicit one is sent as given
+    client.metrics.modify(metrics=points, tags=[MetricTag(name="stage", value="train")])
     Tracking().log_metrics(metrics=points[:1], artifact_name="model")
+    client.metrics.modify(execution_id="run-explicit-1", metrics=points[:2])
     worker = start_worker(private_redis.url, api, burst=True)
     assert worker.process.wait(timeout=60) == 0, worker.log_text()
     resource = read_back(api, "run-incluster-1")
@@ -190,6 +190,7 @@ def test_sap_sdk_in_cluster_mode_through_ingest_unchanged(
     artifact = {"name": "metrics.ai.sap.com/Artifact.name", "value": "model"}
     assert sum(artifact in m["labels"] for m in resource["metrics"]) == 1
     assert resource["tags"] == [{"name": "stage", "value": "train"}]
+    assert [m["step"] for m in read_back(api, "run-explicit-1")["metrics"]] == [0, 1]
 
 
 def test_ingest_refuses_invalid_bodies_with_the_contract_error_body(ingest: str) -> None:

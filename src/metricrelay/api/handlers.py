@@ -174,7 +174,10 @@ async def get_stats(request: web.Request) -> web.Response:
 
 
 async def issue_token(request: web.Request) -> web.Response:
-    """``POST /oauth/token``: client credentials in the form body or as HTTP Basic."""
+    """``POST /oauth/token``: client credentials in the form body or as HTTP Basic.
+
+    The answer's ``access_token`` is a signed JWT whose ``iss`` is this URL, as XSUAA's is.
+    """
     state = request.app[STATE]
     try:
         form = await request.post()
@@ -182,7 +185,11 @@ async def issue_token(request: web.Request) -> web.Response:
     except ValueError:  # a body that claims to be a form and is not: no fields at all
         fields = {}
     try:
-        grant = state.tokens.issue(fields, request.headers.get("Authorization"))
+        grant = state.tokens.issue(
+            fields,
+            request.headers.get("Authorization"),
+            token_url=str(request.url.with_query(None)),
+        )
     except OAuthError as exc:
         response = _json(exc.body(), exc.status)
         if exc.status == 401:
