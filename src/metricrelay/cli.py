@@ -20,6 +20,7 @@ _SUBCOMMANDS: tuple[str, ...] = (
     "metricrelay.commands.demo",
     "metricrelay.commands.worker",
     "metricrelay.commands.api",
+    "metricrelay.commands.view",
     "metricrelay.commands.status",
     "metricrelay.commands.replay",
     "metricrelay.commands.dead",

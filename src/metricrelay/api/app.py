@@ -15,6 +15,7 @@ from aiohttp import web
 from metricrelay.aiapi.errors import error_middleware
 from metricrelay.api.asyncstore import AsyncStore
 from metricrelay.api.config import ApiConfig
+from metricrelay.api.executions import get_executions
 from metricrelay.api.faults import FaultInjector, fault_middleware
 from metricrelay.api.handlers import (
     STATE,
@@ -79,6 +80,7 @@ def _add_routes(app: web.Application) -> None:
     router.add_get("/v2/lm/metrics", get_metrics, allow_head=False)
     router.add_delete("/v2/lm/metrics", delete_metrics)
     router.add_get("/v2/lm/meta", get_meta, allow_head=False)
+    router.add_get(r"/v2/lm/executions{count:(/\$count)?}", get_executions, allow_head=False)
     router.add_post("/oauth/token", issue_token)
     router.add_get("/_stats", get_stats, allow_head=False)
     add_viewer_routes(router)
