@@ -396,3 +396,16 @@ def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
     assert build({"METRICRELAY_REDIS_URL": url}).model_dump()["redis"]["redis_url"] == shown
     assert build({"METRICRELAY_REDIS_URL": url}).redis.redis_url == url  # the real value is kept
+
+
+# --------------------------------------------------------------------------- the ingest's token
+
+
+def test_the_ingest_token_is_a_secret_read_from_its_variable() -> None:
+    assert build().api.ingest_token is None
+    assert build({"METRICRELAY_INGEST_TOKEN": ""}).api.ingest_token is None  # empty is unset
+    settings = build({"METRICRELAY_INGEST_TOKEN": TOKEN})
+    assert settings.api.ingest_token is not None
+    assert settings.api.ingest_token.get_secret_value() == TOKEN
+    for text in (repr(settings), str(settings), settings.model_dump_json()):
+        assert TOKEN not in text

@@ -297,6 +297,8 @@ class ApiSettings(BaseModel):
     client_secret: SecretStr | None = None
     service_key: str | None = None
     token: SecretStr | None = None
+    # The bearer token every request to `metricrelay ingest` must carry (None: not checked).
+    ingest_token: SecretStr | None = None
     resource_group: str = Field("default", pattern=RESOURCE_GROUP_PATTERN)
     tracking_endpoint: str | None = None
     execution_id: str | None = Field(None, pattern=EXECUTION_ID_PATTERN)

@@ -1,4 +1,4 @@
-"""``metricrelay ingest``: a drop-in PATCH endpoint in front of the stream, for SAP's SDK."""
+"""``metricrelay ingest``: a drop-in endpoint in front of the stream, for SAP's SDK and MLflow."""
 
 from __future__ import annotations
 
@@ -18,10 +18,14 @@ log = logging.getLogger(__name__)
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "ingest",
-        help="accept AI API PATCH bodies over HTTP and append them to the stream",
+        help="accept AI API PATCH bodies and MLflow tracking calls over HTTP into the stream",
         description=(
             "Serves PATCH /v2/lm/metrics and PATCH /api/v1/metrics (SAP's in-cluster tracking "
-            "endpoint): point AICORE_TRACKING_ENDPOINT at it. 204 once the body is in Redis."
+            "endpoint): point AICORE_TRACKING_ENDPOINT at it. 204 once the body is in Redis. "
+            "Also serves MLflow's tracking API (/api/2.0/mlflow/...): point MLFLOW_TRACKING_URI "
+            "at it; a run's id is the execution id (METRICRELAY_EXECUTION_ID or "
+            "AICORE_EXECUTION_ID, else a new one). With METRICRELAY_INGEST_TOKEN set, every "
+            "request must carry 'Authorization: Bearer <token>' (MLflow: MLFLOW_TRACKING_TOKEN)."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -44,6 +48,7 @@ async def serve_ingest(args: argparse.Namespace, ready: asyncio.Event | None = N
     from metricrelay.connection import async_client  # noqa: PLC0415
     from metricrelay.layout import events_pattern  # noqa: PLC0415
     from metricrelay.producer.ingest import IngestConfig, build_ingest_app  # noqa: PLC0415
+    from metricrelay.producer.ingest_auth import warn_if_exposed  # noqa: PLC0415
     from metricrelay.settings import Settings  # noqa: PLC0415
 
     fields = {"redis_url": args.redis_url, "prefix": args.prefix, "shards": args.shards}
@@ -54,7 +59,14 @@ async def serve_ingest(args: argparse.Namespace, ready: asyncio.Event | None = N
         cluster=settings.redis.cluster,
         timeout=settings.redis.redis_timeout,
     )
-    config = IngestConfig(settings.keys(), settings.api.resource_group, args.max_body_bytes)
+    token = settings.api.ingest_token
+    config = IngestConfig(
+        settings.keys(),
+        settings.api.resource_group,
+        args.max_body_bytes,
+        token=None if token is None else token.get_secret_value(),
+        execution_id=settings.api.execution_id,
+    )
     runner = web.AppRunner(build_ingest_app(client, config), access_log=None)
     await runner.setup()
     stop = asyncio.Event()
@@ -67,6 +79,7 @@ async def serve_ingest(args: argparse.Namespace, ready: asyncio.Event | None = N
         host, port = runner.addresses[0][:2]
         streams = events_pattern([config.keys])
         log.info("ingest listening on http://%s:%d (stream %s)", host, port, streams)
+        warn_if_exposed(args.host, config.token)
         if ready is not None:
             ready.set()
         await stop.wait()
