@@ -6,17 +6,29 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "metricrelay"
-PACKAGES = ("aiapi", "api", "commands", "devtools", "ops", "producer", "relay")
+PACKAGES = (
+    "aiapi",
+    "api",
+    "commands",
+    "devtools",
+    "integrations",
+    "ops",
+    "producer",
+    "relay",
+    "viewer",
+)
 # What each part may import besides itself; "core" is the top-level modules of metricrelay.
 ALLOWED = {
     "core": {"core"},
     "aiapi": {"core"},
     "relay": {"core"},
     "producer": {"core", "aiapi"},
+    "integrations": {"core", "producer"},  # framework hooks on the Emitter
     "api": {"core", "aiapi"},
     "ops": {"core", "relay"},
     "devtools": {"core", "aiapi", "relay", "producer"},
-    "commands": {"core", "aiapi", "relay", "producer", "api", "ops", "devtools"},
+    "viewer": {"core", "aiapi", "relay"},
+    "commands": {"core", "aiapi", "relay", "producer", "api", "ops", "devtools", "viewer"},
     "entry": {"core", "aiapi", "relay", "producer", "ops", "devtools", "commands"},
 }
 # The reference server is imported by nothing outside api/ but the command that serves it.
@@ -77,3 +89,14 @@ def test_the_rules_see_every_package_and_catch_a_breach() -> None:
     assert part_of("metricrelay.keys") == "core"
     assert "devtools" not in ALLOWED["relay"]  # the daemon never imports the rigs
     assert "api" not in ALLOWED["producer"]  # the ingest shares aiapi/, not the reference server
+
+
+def test_the_viewer_takes_only_the_token_providers_from_the_relay() -> None:
+    """``metricrelay view`` reuses the worker's credentials, not the daemon (ARCHITECTURE.md)."""
+    relay = {
+        imported
+        for path in (SRC / "viewer").rglob("*.py")
+        for imported in imports_of(path)
+        if part_of(imported) == "relay"
+    }
+    assert relay == {"metricrelay.relay.auth"}
