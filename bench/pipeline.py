@@ -1,8 +1,11 @@
 """Micro-benchmark of the worker's pure hot path: decode+validate, and coalesce+encode.
 
-Two shapes of traffic: single-point entries (one metric per XADD, the worst case) and packed
-entries (200 metrics per entry, what the Emitter writes). The baseline in the same process is
-``orjson.loads`` of the same bytes: the floor any validating decoder sits on.
+On the workloads of /work/shared/WORKLOADS.md (W1 Emitter-shaped, W2 one point per entry, W3 200
+points per entry, W4 mixed with invalid items), POINTS points per run, median (min, max) of RUNS.
+Each decoder is measured on the same bytes beside ``orjson.loads`` (the floor any validating
+decoder sits on): pydantic-core (codec.py's path: TypedDicts with their validators, every item
+encoded one by one) and msgspec (wholeentry.py: one native pass, valid entries kept as a run of
+their own bytes; anything it declines falls back to the pydantic path, as in the worker).
 Run: ``python -m bench pipeline`` (or ``make bench``).
 """
 
@@ -19,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from bench import workloads
 from metricrelay.codec import EncodedFragment, decode_entry
 from metricrelay.relay.batching import Coalescer
 
@@ -27,22 +31,12 @@ RUNS = 5
 POINTS = 100_000  # per run and shape: bounded in count, a few seconds in all
 
 
-def make_entries(points_per_entry: int) -> list[bytes]:
-    entries = []
-    for start in range(0, POINTS, points_per_entry):
-        metrics = [
-            {
-                "name": "training_loss" if step % 2 else "accuracy",
-                "value": 1.0 / (step + 1),
-                "step": step,
-                "timestamp": f"2026-11-23T12:{(step // 60) % 60:02d}:{step % 60:02d}.123456Z",
-                "labels": [{"name": "rank", "value": str(step % 8)}],
-            }
-            for step in range(start, start + points_per_entry)
-        ]
-        fragment = {"executionId": f"exec-{start % 7:04d}", "metrics": metrics}
-        entries.append(orjson.dumps(fragment))
-    return entries
+WORKLOADS: dict[str, Callable[[str, int], list[workloads.Entry]]] = {
+    "W1": workloads.w1,
+    "W2": workloads.w2,
+    "W3": workloads.w3,
+    "W4": workloads.w4,
+}
 
 
 def timed(work: Callable[[], object]) -> float:
@@ -52,12 +46,14 @@ def timed(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def decode_all(entries: list[bytes]) -> list[EncodedFragment]:
+def decode_all(entries: list[bytes], *, runs: bool) -> list[EncodedFragment]:
     out = []
     for raw in entries:
-        fragment = decode_entry(raw, entry_ms=1_795_435_200_000, default_resource_group="default")
-        assert fragment.fragment is not None and not fragment.problems
-        out.append(fragment.fragment)
+        decoded = decode_entry(
+            raw, entry_ms=1_795_435_200_000, default_resource_group="default", runs=runs
+        )
+        if decoded.fragment is not None:
+            out.append(decoded.fragment)
     return out
 
 
@@ -75,17 +71,20 @@ def coalesce_all(fragments: list[EncodedFragment]) -> int:
     return sent
 
 
-def measure(label: str, per_entry: int) -> list[dict[str, Any]]:
-    entries = make_entries(per_entry)
-    fragments = decode_all(entries)
+def measure(label: str) -> list[dict[str, Any]]:
+    made = WORKLOADS[label]("pipeline", POINTS)
+    entries = [entry.data for entry in made]
+    points = sum(entry.points for entry in made)
+    fragments = decode_all(entries, runs=True)
     stages: dict[str, Callable[[], object]] = {
         "orjson.loads (baseline)": lambda: [orjson.loads(raw) for raw in entries],
-        "decode+validate": lambda: decode_all(entries),
+        "decode: pydantic-core": lambda: decode_all(entries, runs=False),
+        "decode: msgspec fast path": lambda: decode_all(entries, runs=True),
         "coalesce+encode": lambda: coalesce_all(fragments),
     }
     rows = []
     for stage, work in stages.items():
-        rates = sorted(POINTS / timed(work) for _ in range(RUNS))
+        rates = sorted(points / timed(work) for _ in range(RUNS))
         rows.append(
             {
                 "traffic": label,
@@ -103,13 +102,11 @@ def measure(label: str, per_entry: int) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    rows = measure("single-point entries", 1) + measure("packed entries (200/entry)", 200)
-    print(
-        f"{'traffic':28} {'stage':24} {'points/s':>11} {'min':>11} {'max':>11} {'µs/pt':>7} x base"
-    )
+    rows = [row for label in WORKLOADS for row in measure(label)]
+    print(f"{'':4} {'stage':26} {'points/s':>11} {'min':>11} {'max':>11} {'µs/pt':>7} x base")
     for r in rows:
         print(
-            f"{r['traffic']:28} {r['stage']:24} {r['points_per_s_median']:11,.0f} "
+            f"{r['traffic']:4} {r['stage']:26} {r['points_per_s_median']:11,.0f} "
             f"{r['points_per_s_min']:11,.0f} {r['points_per_s_max']:11,.0f} "
             f"{r['us_per_point']:7.2f} {r['vs_baseline']:.2f}"
         )

@@ -34,7 +34,7 @@ def fast(raw: bytes) -> EncodedFragment | None:
     decoded = decode_entry(
         raw, entry_ms=1_700_000_000_000, default_resource_group="dflt", runs=True
     )
-    return decoded.fragment if decoded.fragment is not None and decoded.fragment.run else None
+    return decoded.fragment if decoded.fragment is not None and decoded.fragment.run_count else None
 
 
 def same_items(raw: bytes) -> None:
@@ -45,11 +45,10 @@ def same_items(raw: bytes) -> None:
         judged.resource_group,
         judged.execution_id,
     )
-    assert whole.run is not None
-    assert [orjson.loads(m) for m in items_of(whole.run.data)] == [
+    assert [orjson.loads(m) for m in items_of(whole.run)] == [
         orjson.loads(m) for m in judged.metrics
     ]
-    assert whole.run.count == len(judged.metrics)
+    assert whole.run_count == len(judged.metrics)
     for mine, theirs in ((whole.tags, judged.tags), (whole.custom_info, judged.custom_info)):
         assert [(n, orjson.loads(d)) for n, d in mine] == [(n, orjson.loads(d)) for n, d in theirs]
 

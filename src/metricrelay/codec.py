@@ -17,7 +17,6 @@ from pydantic import TypeAdapter, ValidationError
 
 from metricrelay import timestamps, wholeentry
 from metricrelay.models import Fragment, MetricResource
-from metricrelay.wholeentry import Run
 
 __all__ = [
     "FRAGMENT_ADAPTER",
@@ -70,7 +69,8 @@ class EncodedFragment:
     """A valid fragment whose items are already encoded; tags and customInfo keep their names.
 
     Its metrics are either encoded one by one (``metrics``) or, for an entry that needed no
-    rewriting, the entry's own run of them (``run``, only when asked for: see decode_entry).
+    rewriting, the entry's own run of ``run_count`` of them (``run``: the items as written, comma
+    separated; only when asked for, see decode_entry).
     """
 
     resource_group: str
@@ -78,11 +78,12 @@ class EncodedFragment:
     metrics: list[bytes] = field(default_factory=list)
     tags: list[tuple[str, bytes]] = field(default_factory=list)
     custom_info: list[tuple[str, bytes]] = field(default_factory=list)
-    run: Run | None = None
+    run: bytes = b""
+    run_count: int = 0
 
     @property
     def metric_count(self) -> int:
-        return len(self.metrics) + (0 if self.run is None else self.run.count)
+        return len(self.metrics) + self.run_count
 
     def item_count(self) -> int:
         return self.metric_count + len(self.tags) + len(self.custom_info)
@@ -153,12 +154,9 @@ def decode_entry(
     if runs:
         whole = wholeentry.read(raw)
         if whole is not None:
+            group, execution, run, count, tags, infos = whole
             fragment = EncodedFragment(
-                whole.resource_group or default_resource_group,
-                whole.execution_id,
-                tags=whole.tags,
-                custom_info=whole.custom_info,
-                run=whole.metrics,
+                group or default_resource_group, execution, [], tags, infos, run, count
             )
             return Decoded(fragment, [])
     try:

@@ -14,7 +14,6 @@ need no judgement, and ``tests/test_wholeentry.py`` holds it to giving what code
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Final
 
@@ -28,7 +27,7 @@ from metricrelay.models import (
     METRIC_NAME_PATTERN,
 )
 
-__all__ = ["Run", "WholeEntry", "items_of", "read"]
+__all__ = ["WholeEntry", "items_of", "read"]
 
 # The patterns of models.py with ``\Z`` for ``$``: Python's ``$`` also matches before a final
 # newline, pydantic's (Rust) one does not.
@@ -73,6 +72,12 @@ class _Fragment(Struct, forbid_unknown_fields=True):
     customInfo: list[_Info] | UnsetType = UNSET  # noqa: N815
 
 
+class _Run(Struct):
+    """The raw metrics of an entry known to be valid."""
+
+    metrics: Raw = Raw(b"[]")
+
+
 class _Parts(Struct):
     """The same entry cut into raw parts, once it is known to be valid."""
 
@@ -84,34 +89,19 @@ class _Parts(Struct):
 _CHECK: Final = msgspec.json.Decoder(_Fragment)
 _ITEMS: Final = msgspec.json.Decoder(list[Raw])
 _CUT: Final = msgspec.json.Decoder(_Parts)
+_RUN: Final = msgspec.json.Decoder(_Run)
 # A timestamp exactly as codec.py would write it; the key as a producer's JSON encoder writes it.
 # A timestamp key NOT followed by a value exactly as codec.py would write it: one scan, no match.
-_NOT_CANONICAL: Final = re.compile(
-    rb'"timestamp":(?!"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")'
-)
+_NOT_CANONICAL: Final = re.compile(rb'"timestamp":(?!"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")')
 _TIMESTAMP_KEY: Final = b'"timestamp":'
 _METRIC_NAME: Final = re.compile(METRIC_NAME_PATTERN)
 _KNOWN_NAMES_AT_MOST: Final = 4096
 _known_names: set[str] = set()  # metric names that passed the pattern (names repeat)
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
-    """Consecutive metric items of one entry, as written: ``b'{...},{...}'`` and their count."""
-
-    data: bytes
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class WholeEntry:
-    """A valid entry cut into what a body needs; tags and customInfo keep their names."""
-
-    resource_group: str | None  # None: the worker's default
-    execution_id: str
-    metrics: Run | None
-    tags: list[tuple[str, bytes]]
-    custom_info: list[tuple[str, bytes]]
+# (resourceGroup or None for the worker's default, executionId, the metrics' run — the items
+# between the array's brackets, as written —, its number of points, tags, customInfo)
+WholeEntry = tuple[str | None, str, bytes, int, list[tuple[str, bytes]], list[tuple[str, bytes]]]
 
 
 def read(raw: bytes) -> WholeEntry | None:
@@ -120,22 +110,27 @@ def read(raw: bytes) -> WholeEntry | None:
         checked = _CHECK.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
-    metrics = checked.metrics or []
-    if metrics and not (_names_ok(metrics) and _timestamps_canonical(raw, len(metrics))):
-        return None
-    if checked.tags == [] or checked.customInfo == [] or checked.metrics == []:
+    metrics, tags, infos = checked.metrics, checked.tags, checked.customInfo
+    if metrics is UNSET:
+        metrics = []
+    elif not metrics:
         return None  # an empty section is left out of what the worker sends
+    elif not (_names_ok(metrics) and _timestamps_canonical(raw, len(metrics))):
+        return None
+    if tags is UNSET and infos is UNSET:
+        run = bytes(_RUN.decode(raw).metrics).strip()[1:-1] if metrics else b""
+        return (checked.resourceGroup or None, checked.executionId, run, len(metrics), [], [])
+    if not tags or not infos:  # UNSET or empty: an empty one is left out, as above
+        if tags == [] or infos == []:
+            return None
+        tags, infos = tags or [], infos or []
     parts = _CUT.decode(raw)
-    run = None
-    if metrics:
-        data = bytes(parts.metrics).strip()
-        run = Run(data[1:-1], len(metrics))  # the items between the brackets
-    tags = checked.tags or []
-    infos = checked.customInfo or []
-    return WholeEntry(
+    run = bytes(parts.metrics).strip()[1:-1] if metrics else b""
+    return (
         checked.resourceGroup or None,
         checked.executionId,
         run,
+        len(metrics),
         [(tag.name, bytes(item)) for tag, item in zip(tags, parts.tags, strict=True)],
         [(info.name, bytes(item)) for info, item in zip(infos, parts.customInfo, strict=True)],
     )

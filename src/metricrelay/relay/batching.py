@@ -226,8 +226,8 @@ class Coalescer:
         """Take one entry's valid items. Returns ids done at once (an entry with no items)."""
         self.book.hold(source)  # the intake hold: no release while the entry is half-placed
         key = (fragment.resource_group, fragment.execution_id)
-        if fragment.run is not None:
-            self._place_run(source, key, fragment.run.data, fragment.run.count, now)
+        if fragment.run_count:
+            self._place_run(source, key, fragment.run, fragment.run_count, now)
         for data in fragment.metrics:
             self._place(source, key, "metrics", None, data, now=now)
         for name, data in fragment.tags:

@@ -116,10 +116,12 @@ class EntryBook:
     def counts_of(self, ids: Iterable[str]) -> Counts:
         """The progress counts riding with ``ids`` (done entries about to be acknowledged)."""
         total: Counts = {}
+        entries = self._entries
         for entry_id in ids:
-            counts = self._entries[entry_id].counts
-            for key, fields in (counts or {}).items():
-                merge_counts(total, key, fields)
+            counts = entries[entry_id].counts
+            if counts:  # most entries carry none: their items were all delivered in one body
+                for key, fields in counts.items():
+                    merge_counts(total, key, fields)
         return total
 
     def acked(self, ids: Iterable[str]) -> None:
