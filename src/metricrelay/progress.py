@@ -49,22 +49,26 @@ class DeliveryReport:
 # XACK and the counter increments as one script: atomic like MULTI/EXEC, and also on a Redis
 # Cluster, where every key given is in the shard's slot (keys.py) and redis-py's cluster
 # transactions are not usable from asyncio (they run each command on a thread of their own).
-# KEYS: the stream, then the progress hashes. ARGV: group, TTL, n, n ids, then per hash the
-# number of (field, amount) pairs and the pairs.
+# KEYS: the stream, then the progress hashes. ARGV: group, TTL, the ids separated by spaces (one
+# argument: packing a thousand arguments costs the client more than the script's split), then per
+# hash the number of (field, amount) pairs and the pairs.
 # Counts are raised only if this call acknowledged something: when a run's reply was lost and
 # the script runs again, its ids are already acknowledged and the counts are not raised twice.
 # (The worker sends counts only with the ids they belong to: entries.py.)
 _ACK_AND_COUNT: Final = """
-local n = tonumber(ARGV[3])
+local ids = {}
+for id in string.gmatch(ARGV[3], '%S+') do
+  ids[#ids + 1] = id
+end
 local acked = 0
-for first = 4, 3 + n, 1000 do
-  local last = math.min(3 + n, first + 999)
-  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, first, last))
+for first = 1, #ids, 1000 do
+  local last = math.min(#ids, first + 999)
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids, first, last))
 end
 if acked == 0 then
   return 0
 end
-local at = 4 + n
+local at = 4
 for k = 2, #KEYS do
   local count = tonumber(ARGV[at])
   at = at + 1
@@ -91,7 +95,7 @@ async def ack_with_progress(
     if not ids:
         raise ValueError("progress counts travel with the acknowledgement of their entries")
     hashes: list[str] = []
-    args: list[str | int] = [keys.group, PROGRESS_TTL_S, len(ids), *ids]
+    args: list[str | int] = [keys.group, PROGRESS_TTL_S, " ".join(ids)]
     for (group, execution), fields in counts.items():
         hashes.append(keys.progress(group, execution))
         raised = [(name, amount) for name, amount in fields.items() if amount]

@@ -55,6 +55,7 @@ _KEYS: Final[dict[Section, bytes]] = {
 
 # (encoded item, id of the stream entry it came from); in Body.metrics also a run of items
 Item = tuple[bytes, str]
+_METRICS_KEY_COST: Final = len(_KEYS["metrics"]) + 1  # an empty body's growth by its first run
 
 
 class CloseReason(StrEnum):
@@ -224,8 +225,13 @@ class Coalescer:
 
     def add(self, source: str, fragment: EncodedFragment, now: float) -> list[str]:
         """Take one entry's valid items. Returns ids done at once (an entry with no items)."""
-        self.book.hold(source)  # the intake hold: no release while the entry is half-placed
         key = (fragment.resource_group, fragment.execution_id)
+        if fragment.run_count and not (fragment.metrics or fragment.tags or fragment.custom_info):
+            # a run alone (most entries): every place it goes holds the entry, so it cannot be
+            # done at intake, and the intake hold below would only be taken and given back
+            self._place_run(source, key, fragment.run, fragment.run_count, now)
+            return []
+        self.book.hold(source)  # the intake hold: no release while the entry is half-placed
         if fragment.run_count:
             self._place_run(source, key, fragment.run, fragment.run_count, now)
         for data in fragment.metrics:
@@ -309,19 +315,26 @@ class Coalescer:
     def _place_run(
         self, source: str, key: tuple[str, str], data: bytes, count: int, now: float
     ) -> None:
-        """A run of ``count`` points: placed whole where it fits, else point by point."""
+        """A run of ``count`` points: placed whole where it fits, else point by point.
+        (``_misfit`` and ``Body.growth`` for a run, inline: this runs once per entry.)"""
         body = self._open.get(key) or self._new_body(key, now)
-        if self._misfit(body, "metrics", data, None, count) is not None:
+        limits = self.limits
+        grown = len(data) + (1 if body.metrics else _METRICS_KEY_COST)
+        if (
+            body.metric_count + count > limits.max_metrics
+            or body.size + grown > limits.max_body_bytes
+        ):
             for one in items_of(data):
                 self._place(source, key, "metrics", None, one, now=now)
             return
-        if source not in body.sources:
-            body.sources[source] = None
+        sources = body.sources
+        if source not in sources:
+            sources[source] = None
             self.book.hold(source)
-        body.size += body.growth("metrics", data, None)
+        body.size += grown
         body.metrics.append((data, source))
         body.metric_count += count
-        if body.metric_count >= self.limits.max_metrics:
+        if body.metric_count >= limits.max_metrics:
             self._close(body, CloseReason.METRICS)
 
     def _place(

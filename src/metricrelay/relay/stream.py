@@ -18,7 +18,7 @@ __all__ = ["Entry", "EventStream", "GroupInfo", "read_group_info"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: its __init__ runs once per entry read, frozen costs 2x
 class Entry:
     """One stream entry: its id, its ``resource`` bytes (None if the field is missing)."""
 
@@ -28,7 +28,8 @@ class Entry:
 
     @property
     def ms(self) -> int:
-        return id_key(self.id)[0]
+        """The id's milliseconds (Redis gives only well-formed ids: no check, see id_key)."""
+        return int(self.id.partition("-")[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,10 @@ def _raw_entries(rows: Sequence[Any]) -> list[Entry]:
             continue
         if isinstance(fields, dict):  # converted (the cluster client): see EventStream.__init__
             return _entries(rows)
+        if len(fields) == 2 and fields[0] == b"resource":  # what producers write
+            value = fields[1]
+            out.append(Entry(entry_id.decode(), value, 8 + len(value)))
+            continue
         resource = None
         size = 0
         for index in range(0, len(fields), 2):
