@@ -9,6 +9,7 @@ import sys
 STANDARD: tuple[str, ...] = (
     "bench.pipeline",
     "bench.producer",
+    "bench.training",
     "bench.api_patch",
     "bench.worker",
     "bench.cluster",

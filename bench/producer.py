@@ -1,117 +1,230 @@
-"""Producer benchmark: the cost of one ``log_metric`` in the training thread, and points/s into
-Redis from one producer process, against a private redis-server on loopback.
+"""Producer benchmark on W1 (WORKLOADS.md): what the Emitter costs a DDP job, per point.
 
-Baselines in the same process: ``deque.append`` of a tuple (the floor of any buffering call)
-and one XADD per point (what a naive producer does). Targets: ≤ 2 µs per call (median),
-≥ 300k points/s packed. Run: ``python -m bench producer``.
+E = 16 executions x R = 8 ranks in one process: one Emitter per execution, each rank calling
+``log_metrics({8 metrics}, step=s, labels={"rank": r})`` every step (ranks 0 and 4 also label
+``node``: 25 % of the points), values floats from a pool, against a private redis-server.
+
+Two figures per run, each next to ``deque.append`` of the same arguments in the same loop and
+the same run (the floor of any call that buffers):
+
+- **calling thread**: the logging loop's own CPU time (``time.thread_time``) per point;
+- **process**: the whole process's CPU (``time.process_time``: the writer threads and the Redis
+  client included) from the first call until every point is in Redis (``flush``), per point.
+
+The two loops alternate within each run, so noise on this shared machine hits both alike; the
+table gives median/min/max over the runs and the ratios. Targets (issue 16): calling thread
+≤ 1 µs per point, process ≤ 2.5 µs per point. Run: ``python -m bench producer [--tiny]
+[--runs N] [--steps N] [--out FILE]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
+import random
 import statistics
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 
 from metricrelay import Emitter
 from metricrelay.devtools.embedded import RedisServer
 
 RESULTS = Path(__file__).parent / "results" / "producer.json"
-RUNS = 3
-CALLS = 200_000  # per run, for the per-call cost
-THROUGHPUT_POINTS = 500_000  # per run, for points/s (bounded: a few seconds)
-NAIVE_POINTS = 20_000
+NAMES = (
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "train/tokens_per_s",
+    "val/loss",
+    "val/accuracy",
+    "gpu/mem_gb",
+    "throughput",
+)
+EXECUTIONS = 16
+RANKS = 8
+POOL = 64  # value dicts cycled through: realistic floats, no RNG inside the timed loop
+TARGET_CALL_US = 1.0
+TARGET_PROCESS_US = 2.5
 
 
-def per_call_ns(log: Any, calls: int) -> float:
-    """Median of per-batch means (batches of 1000 calls): robust to GC and writer bursts."""
-    samples = []
-    for batch in range(calls // 1000):
-        started = time.perf_counter_ns()
-        for step in range(batch * 1000, batch * 1000 + 1000):
-            log("loss", 0.5, step)
-        samples.append((time.perf_counter_ns() - started) / 1000)
-    return statistics.median(samples)
+@dataclass(frozen=True)
+class Size:
+    runs: int
+    steps: int  # per run: points = steps x 16 x 8 x 8
 
 
-def emitter_call_ns(url: str, run: int) -> float:
-    with Emitter(f"bench-call-{run}", redis_url=url, handle_sigterm=False) as emitter:
-        cost = per_call_ns(emitter.log_metric, CALLS)
-        emitter.flush(timeout=120)
-    return cost
+FULL = Size(runs=5, steps=400)
+TINY = Size(runs=1, steps=4)
 
 
-def floor_call_ns() -> float:
-    queue: deque[tuple[Any, ...]] = deque()
-
-    def log(name: str, value: float, step: int) -> None:
-        queue.append((name, value, step, None, time.time_ns()))
-
-    return per_call_ns(log, CALLS)
-
-
-def emitter_points_per_s(url: str, run: int) -> float:
-    emitter = Emitter(f"bench-rate-{run}", redis_url=url, handle_sigterm=False)
-    started = time.perf_counter()
-    for step in range(THROUGHPUT_POINTS):
-        emitter.log_metric("loss", 0.5, step)
-    emitter.flush(timeout=300)
-    elapsed = time.perf_counter() - started
-    emitter.close()
-    return THROUGHPUT_POINTS / elapsed
+def rank_labels() -> list[dict[str, str]]:
+    """``rank`` on every call; ranks 0 and 4 (a quarter of the points) also carry ``node``."""
+    return [
+        {"rank": str(r), "node": f"node-{r}"} if r % 4 == 0 else {"rank": str(r)}
+        for r in range(RANKS)
+    ]
 
 
-def naive_points_per_s(url: str) -> float:
-    client = redis.Redis.from_url(url)
-    started = time.perf_counter()
-    for step in range(NAIVE_POINTS):
-        point = b'{"executionId":"bench-naive","metrics":[{"name":"loss","value":0.5,"step":%d}]}'
-        client.xadd("bench:naive", {"resource": point % step})
-    return NAIVE_POINTS / (time.perf_counter() - started)
+def value_pool(seed: int) -> list[dict[str, float]]:
+    rng = random.Random(seed)
+    return [{name: rng.uniform(0.0, 10.0) for name in NAMES} for _ in range(POOL)]
+
+
+def timed_loop(log: Any, targets: list[Any], steps: int, pool: list[dict[str, float]]) -> float:
+    """Every step, every execution's 8 ranks call ``log(target, values, step, labels)``;
+    returns the calling thread's CPU seconds."""
+    labels = rank_labels()
+    started = time.thread_time()
+    for step in range(steps):
+        values = pool[step % POOL]
+        for target in targets:
+            for rank_label in labels:
+                log(target, values, step, rank_label)
+    return time.thread_time() - started
+
+
+def deque_run(steps: int, pool: list[dict[str, float]]) -> float:
+    """The floor: the same calls appending their arguments to a deque."""
+    queues: list[deque[tuple[Any, ...]]] = [deque() for _ in range(EXECUTIONS)]
+
+    def log(queue: deque[tuple[Any, ...]], values: Any, step: int, labels: Any) -> None:
+        queue.append((values, step, labels))
+
+    return timed_loop(log, queues, steps, pool)
+
+
+def emitter_run(
+    url: str, tag: str, steps: int, pool: list[dict[str, float]]
+) -> tuple[dict[str, float], set[str]]:
+    """The W1 loop through 16 Emitters, then ``flush``: the figures and the streams written."""
+    emitters = [
+        Emitter(f"bench-w1-{tag}-{e:02d}", redis_url=url, handle_sigterm=False)
+        for e in range(EXECUTIONS)
+    ]
+
+    def log(emitter: Emitter, values: Any, step: int, labels: Any) -> None:
+        emitter.log_metrics(values, step=step, labels=labels)
+
+    try:
+        process_started = time.process_time()
+        wall_started = time.perf_counter()
+        calling = timed_loop(log, emitters, steps, pool)
+        for emitter in emitters:
+            emitter.flush(timeout=300)
+        process = time.process_time() - process_started
+        wall = time.perf_counter() - wall_started
+        written = sum(emitter.written_points for emitter in emitters)
+    finally:
+        for emitter in emitters:
+            emitter.close()
+    streams = {emitter.config.keys.events for emitter in emitters}
+    return {"calling_s": calling, "process_s": process, "wall_s": wall, "written": written}, streams
+
+
+def points_in(client: redis.Redis, stream: str) -> int:
+    """The metrics the stream's fragments hold (what reached Redis)."""
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(stream)  # type: ignore[assignment]
+    return sum(len(orjson.loads(fields[b"resource"]).get("metrics", [])) for _, fields in entries)
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return {
+        "median": round(statistics.median(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+    }
+
+
+def measure(size: Size) -> dict[str, Any]:
+    points = size.steps * EXECUTIONS * RANKS * len(NAMES)
+    runs: list[dict[str, float]] = []
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        for run in range(size.runs):
+            pool = value_pool(run)
+            floor = deque_run(size.steps, pool)
+            measured, streams = emitter_run(server.url, str(run), size.steps, pool)
+            in_redis = sum(points_in(client, stream) for stream in streams)
+            if measured["written"] != points or in_redis != points:
+                raise RuntimeError(
+                    f"run {run}: {points} points logged, {measured['written']} written, "
+                    f"{in_redis} in Redis"
+                )
+            client.flushall()
+            runs.append(
+                {
+                    "deque_append_us": floor / points * 1e6,
+                    "calling_thread_us": measured["calling_s"] / points * 1e6,
+                    "process_cpu_us": measured["process_s"] / points * 1e6,
+                    "points_per_s_into_redis": points / measured["wall_s"],
+                }
+            )
+    summary = {key: spread([run[key] for run in runs]) for key in runs[0]}
+    floor = summary["deque_append_us"]["median"]
+    return {
+        "points_per_run": points,
+        "calling_thread_us_per_point": summary["calling_thread_us"],
+        "process_cpu_us_per_point": summary["process_cpu_us"],
+        "deque_append_us_per_point": summary["deque_append_us"],
+        "points_per_s_into_redis": summary["points_per_s_into_redis"],
+        "ratios": {
+            "calling_thread_over_deque": round(summary["calling_thread_us"]["median"] / floor, 2),
+            "process_over_deque": round(summary["process_cpu_us"]["median"] / floor, 2),
+        },
+        "targets": {
+            "calling_thread_us_per_point": TARGET_CALL_US,
+            "process_cpu_us_per_point": TARGET_PROCESS_US,
+        },
+        "runs": runs,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"W1: {EXECUTIONS} executions x {RANKS} ranks x 8 metrics, labels rank (+node 25 %)")
+    print(f"{'µs per point':34} {'median':>9} {'min':>9} {'max':>9} {'x deque':>8}")
+    floor = result["deque_append_us_per_point"]["median"]
+    for key in ("deque_append", "calling_thread", "process_cpu"):
+        row = result[f"{key}_us_per_point"]
+        ratio = row["median"] / floor
+        print(f"{key:34} {row['median']:9.3f} {row['min']:9.3f} {row['max']:9.3f} {ratio:8.1f}")
+    rate = result["points_per_s_into_redis"]
+    print(f"points/s into Redis (wall): median {rate['median']:,.0f}")
+    print(
+        f"targets: calling thread ≤ {TARGET_CALL_US} µs, process ≤ {TARGET_PROCESS_US} µs per point"
+    )
 
 
 def main(argv: list[str]) -> int:
-    with RedisServer() as server:
-        client = redis.Redis.from_url(server.url)
-        calls, rates, floors, naive = [], [], [], []
-        for run in range(RUNS):
-            floors.append(floor_call_ns())
-            calls.append(emitter_call_ns(server.url, run))
-            client.flushall()
-            rates.append(emitter_points_per_s(server.url, run))
-            client.flushall()
-            naive.append(naive_points_per_s(server.url))
-    result = {
-        "log_metric_ns": spread(calls),
-        "deque_append_floor_ns": spread(floors),
-        "points_per_s_packed": spread(rates),
-        "points_per_s_one_xadd_per_point": spread(naive),
+    parser = argparse.ArgumentParser(prog="python -m bench producer", description=__doc__)
+    parser.add_argument("--tiny", action="store_true", help="smoke size: one short run")
+    parser.add_argument("--runs", type=int, help="runs (default 5)")
+    parser.add_argument("--steps", type=int, help="steps per run (default 400)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    size = TINY if args.tiny else FULL
+    size = Size(runs=args.runs or size.runs, steps=args.steps or size.steps)
+    result = measure(size)
+    print_table(result)
+    machine = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "runs": size.runs,
+        "steps": size.steps,
     }
-    rate = result["points_per_s_packed"]["median"]
-    naive_rate = result["points_per_s_one_xadd_per_point"]["median"]
-    floor = result["deque_append_floor_ns"]["median"]
-    print(f"{'measure':34} {'median':>12} {'min':>12} {'max':>12}")
-    for name, row in result.items():
-        print(f"{name:34} {row['median']:12,.0f} {row['min']:12,.0f} {row['max']:12,.0f}")
-    print(
-        f"log_metric vs deque floor: x{result['log_metric_ns']['median'] / floor:.1f}; "
-        f"packed vs one XADD per point: x{rate / naive_rate:.1f}"
-    )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"python": platform.python_version(), "machine": platform.machine(), "runs": RUNS}
-    RESULTS.write_text(json.dumps({"machine": machine, **result}, indent=2))
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, **result}, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main([]))
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

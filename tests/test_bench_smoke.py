@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bench import cluster, worker
+from bench import cluster, producer, training, worker
 
 pytestmark = pytest.mark.integration  # starts redis-server, the reference API and workers
 
@@ -38,3 +38,25 @@ def test_cluster_bench_runs_at_tiny_size(tmp_path: Path) -> None:
         (run,) = summary["runs"]
         assert len(run["shards_taken"]) == int(k)
     assert result["extrapolation"]["one_worker_on_own_core_points_per_s"] > 0
+
+
+def test_producer_bench_runs_at_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "producer.json"
+    assert producer.main(["--tiny", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["machine"]["runs"] == 1
+    assert result["points_per_run"] == 4 * 16 * 8 * 8  # every point reached Redis (checked)
+    for figure in ("calling_thread", "process_cpu", "deque_append"):
+        assert result[f"{figure}_us_per_point"]["median"] > 0
+    assert result["ratios"]["process_over_deque"] > 1
+
+
+def test_training_bench_runs_at_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "training.json"
+    assert training.main(["--tiny", "--out", str(out)]) == 0  # 2 DDP ranks, a few steps
+    result = json.loads(out.read_text())
+    assert result["machine"]["ranks"] == 2 and result["machine"]["runs"] == 1
+    for variant in ("none", "emitter", "sdk_patch"):
+        assert result["median_step_ms"][variant]["median"] > 0
+    assert set(result["slowdown_pct_from_medians"]) == {"emitter", "sdk_patch"}
+    assert result["emitter_direct_cost"]["writer_thread_cpu_us_per_step"]["median"] > 0

@@ -1,8 +1,16 @@
 """Emitter (a background thread does the I/O) and AsyncEmitter, for training code.
 
-A ``log_*`` call checks its arguments, stamps the time and appends to an in-memory queue: no
-network, no JSON, no lock on the common path. A writer packs the queue into few large fragments
-(CONTRACT.md §2.1) and appends them to the stream with pipelined XADD, reconnecting on its own.
+A ``log_*`` call checks its arguments, stamps the time and appends one tuple per call to an
+in-memory queue: no network, no JSON, no lock on the common path (a deque append is atomic).
+A writer encodes and packs the queue into few large fragments (CONTRACT.md §2.1) and appends
+them to the stream with pipelined XADD, reconnecting on its own.
+
+Timestamps: one clock read per call, shared by the metrics of a ``log_metrics`` call (one step,
+one moment) and strictly increasing per emitter in microseconds, so two calls can never make
+identical points (same name, step, timestamp and labels), which a deduplicating store would
+keep once. Calls faster than one a microsecond run the stamps ahead of the clock by at most
+that many microseconds until the calls slow down. (The check is not locked: two threads calling
+one emitter at the same instant may, rarely, share a microsecond.)
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import concurrent.futures
 import contextlib
 import logging
 import math
+import random
 import signal
 import threading
 import time
@@ -26,14 +35,16 @@ from metricrelay import progress
 from metricrelay.connection import async_client, sync_client
 from metricrelay.errors import ConfigError
 from metricrelay.models import MAX_CUSTOM_INFO_BYTES
-from metricrelay.producer.packing import Marker, Metric, Named, pack
+from metricrelay.producer.packing import Marker, Named, Points, pack
 from metricrelay.producer.points import (
     PointError,
     check_labels,
     check_metric_name,
+    check_metric_names,
     check_name,
     check_step,
     check_value,
+    check_values,
     stamp,
 )
 from metricrelay.progress import DeliveryReport
@@ -122,15 +133,26 @@ class _Core:
 
     def __init__(self, config: EmitterConfig) -> None:
         self.config = config
-        self._queue: deque[Metric | Named | Marker] = deque()
+        self._queue: deque[Points | Named | Marker] = deque()
         self._queued_bytes = 0  # grows in the caller's thread
         self._written_bytes = 0  # grows in the writer
         self._space = threading.Event()
-        self.dropped = 0  # ops refused under policy "drop"
+        self.dropped = 0  # points (and tags, customInfo) refused under policy "drop"
         self.blocked = 0  # calls that had to wait for room under policy "block"
         self.written_points = 0
         self.entry_ids: list[str] = []
         self._closed = False
+        self._last_us = 0  # the last stamp given, in microseconds since the epoch
+        self._max_bytes = config.max_buffer_bytes
+
+    def _now(self) -> int:
+        """One clock read: this call's time in ns, a microsecond after the previous call's at
+        the least (so stamps are distinct per call; see the module's docstring)."""
+        micros = time.time_ns() // 1000
+        if micros <= self._last_us:
+            micros = self._last_us + 1
+        self._last_us = micros
+        return micros * 1000
 
     # -- logging ------------------------------------------------------------------------------
 
@@ -143,7 +165,7 @@ class _Core:
         timestamp: Any = None,
     ) -> None:
         """One point; the time of the call unless ``timestamp`` (aware datetime or RFC 3339)."""
-        self._metric(name, value, step, labels, time.time_ns() if timestamp is None else timestamp)
+        self._metric(name, value, step, labels, self._now() if timestamp is None else timestamp)
 
     def log_metrics(
         self,
@@ -152,15 +174,31 @@ class _Core:
         labels: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> None:
         """Several metrics of one step, with one timestamp."""
-        moment = time.time_ns()
-        for name, value in values.items():
-            self._metric(name, value, step, labels, moment)
+        micros = time.time_ns() // 1000  # self._now(), inlined: this is the hot path
+        if micros <= self._last_us:
+            micros = self._last_us + 1
+        self._last_us = micros
+        moment = micros * 1000
+        try:  # the whole call at once: every rule of _metric, on the call's tuples
+            op: Points = (
+                check_metric_names(tuple(values)),
+                check_values(tuple(values.values())),
+                check_step(step),
+                check_labels(labels) if labels else None,
+                moment,
+            )
+        except PointError:  # metric by metric, to raise or drop exactly as for single points
+            for name, value in values.items():
+                self._metric(name, value, step, labels, moment)
+            return
+        if op[0]:
+            self._put(op, _METRIC_COST * len(op[0]))
 
     def _metric(self, name: Any, value: Any, step: Any, labels: Any, moment: Any) -> None:
         try:
-            op: Metric = (
-                check_metric_name(name),
-                check_value(value),
+            op: Points = (
+                (check_metric_name(name),),
+                (check_value(value),),
                 check_step(step),
                 check_labels(labels) if labels else None,
                 moment if type(moment) is int else stamp(moment),
@@ -220,17 +258,20 @@ class _Core:
         item = Named(section, name, value)
         self._put(item, item.size)
 
-    def _put(self, op: Metric | Named, cost: int) -> None:
+    def _put(self, op: Points | Named, cost: int) -> None:
         if self._closed:
             raise RuntimeError("the emitter is closed")
-        if self._over(cost) and not self._make_room(cost):
-            self.dropped += 1
+        if (
+            self._queued_bytes - self._written_bytes + cost > self._max_bytes  # _over, inlined
+            and not self._make_room(cost)
+        ):
+            self.dropped += 1 if isinstance(op, Named) else len(op[0])
             return
         self._queued_bytes += cost
         self._queue.append(op)
 
     def _over(self, cost: int) -> bool:
-        return self._queued_bytes - self._written_bytes + cost > self.config.max_buffer_bytes
+        return self._queued_bytes - self._written_bytes + cost > self._max_bytes
 
     def _make_room(self, cost: int) -> bool:
         """False: drop this op (policy ``drop``). Raises BufferFull after the block timeout."""
@@ -256,19 +297,23 @@ class _Core:
 
     # -- the writer's half --------------------------------------------------------------------
 
-    def _take(self, limit: int = 100_000) -> tuple[list[Metric | Named], list[Marker]]:
-        ops: list[Metric | Named] = []
+    def _take(self, limit: int = 100_000) -> tuple[list[Points | Named], list[Marker]]:
+        """Ops from the queue's head, about ``limit`` items at most (a call's points count
+        one each), up to and including the first marker."""
+        ops: list[Points | Named] = []
         markers: list[Marker] = []
         queue = self._queue
-        while queue and len(ops) < limit:
+        items = 0
+        while queue and items < limit:
             op = queue.popleft()
             if isinstance(op, Marker):
                 markers.append(op)
                 break  # a marker fires once what precedes it is written: stop the batch here
             ops.append(op)
+            items += 1 if isinstance(op, Named) else len(op[0])
         return ops, markers
 
-    def _next_batch(self) -> tuple[list[Metric | Named], list[Marker], list[bytes]]:
+    def _next_batch(self) -> tuple[list[Points | Named], list[Marker], list[bytes]]:
         """The next ops (up to a marker), the markers to fire after them, their fragments."""
         ops, markers = self._take()
         config = self.config
@@ -282,14 +327,20 @@ class _Core:
         for data in fragments:
             pipe.xadd(self.config.keys.events, {"resource": data})
 
-    def _done(self, ops: list[Metric | Named], ids: list[Any], markers: list[Marker]) -> None:
+    def _done(self, ops: list[Points | Named], ids: list[Any], markers: list[Marker]) -> None:
         self._account(ops, [i.decode() for i in ids])
         for marker in markers:
             marker.callback()
 
-    def _account(self, ops: list[Metric | Named], ids: list[str]) -> None:
-        self._written_bytes += sum(_METRIC_COST if isinstance(o, tuple) else o.size for o in ops)
-        self.written_points += sum(1 for o in ops if isinstance(o, tuple))
+    def _account(self, ops: list[Points | Named], ids: list[str]) -> None:
+        points = named = 0
+        for op in ops:
+            if isinstance(op, Named):
+                named += op.size
+            else:
+                points += len(op[0])
+        self._written_bytes += points * _METRIC_COST + named
+        self.written_points += points
         self.entry_ids += ids
         self._space.set()
 
@@ -381,6 +432,7 @@ class Emitter(_Core):
                 )
 
     def _run(self) -> None:
+        jitter = random.Random()  # one for the thread's life: seeding one costs per batch
         while not self._stop or self._queue:
             self._wakeup.wait(self.config.flush_interval)
             self._wakeup.clear()
@@ -399,6 +451,7 @@ class Emitter(_Core):
                     retry_on=_always,
                     stop=lambda: self._stop and self._closed,
                     policy=_WRITE_BACKOFF,
+                    rng=jitter,
                 )
                 if ids is None:
                     return  # close() gave up waiting; it logged what is left

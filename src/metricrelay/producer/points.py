@@ -1,8 +1,9 @@
 """Checks made at the producer's call site, in microseconds, with the worker's own rules.
 
 A bad point raises :class:`PointError` (a ``ValueError``) where the user can see it, instead of
-becoming a dead letter minutes later. Names and label sets already seen are remembered, so the
-common case — the same few metric names every step — costs a set lookup.
+becoming a dead letter minutes later. Names, sets of names and label sets already found good are
+remembered (bounded), so the common case — the same few names and labels every step — costs a
+dict lookup; values are checked for a whole call at once when they are plain finite floats.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from metricrelay import timestamps
 from metricrelay.models import MAX_LABELS, MAX_NAME_CHARS, MAX_STEP, METRIC_NAME_PATTERN
 
 __all__ = [
+    "CACHE_LIMIT",
     "Labels",
     "PointError",
     "check_labels",
     "check_metric_name",
+    "check_metric_names",
     "check_name",
     "check_step",
     "check_value",
+    "check_values",
     "format_ns",
     "stamp",
 ]
@@ -31,15 +35,26 @@ __all__ = [
 Labels = tuple[tuple[str, str], ...]
 
 _NAME_CHAR: Final = re.compile(METRIC_NAME_PATTERN)
-_CACHE_LIMIT: Final = 4096  # distinct names/label sets remembered; a run has few
+CACHE_LIMIT: Final = 4096  # entries per cache of good names/label sets; a run has few
+_FLOATS_ONLY: Final = frozenset({float})
 
 
 class PointError(ValueError):
     """A metric, tag or customInfo the API would refuse."""
 
 
+# What was found good, by the exact key given. Only good inputs are remembered, so an invalid
+# one is always checked in full; each cache is emptied when it reaches CACHE_LIMIT (a run that
+# makes up label values per step gains nothing from it, and it cannot grow without bound).
 _good_names: set[str] = set()
-_good_labels: dict[Any, Labels] = {}
+_good_name_sets: set[tuple[str, ...]] = set()
+_good_labels: set[Labels] = set()
+
+
+def _remember(cache: set[Any], key: Any) -> None:
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache.add(key)
 
 
 def check_name(name: object, what: str) -> str:
@@ -49,15 +64,24 @@ def check_name(name: object, what: str) -> str:
 
 
 def check_metric_name(name: object) -> str:
-    if name in _good_names:
+    if type(name) is str and name in _good_names:
         return name
     check_name(name, "metric name")
     assert isinstance(name, str)
     if _NAME_CHAR.search(name) is None:
         raise PointError(f"metric name must contain a letter, digit, '_' or '-': {name!r}")
-    if len(_good_names) < _CACHE_LIMIT:
-        _good_names.add(name)
+    _remember(_good_names, name)
     return name
+
+
+def check_metric_names(names: tuple[Any, ...]) -> tuple[str, ...]:
+    """The names of one ``log_metrics`` call, in order; the tuple is remembered when good."""
+    if names in _good_name_sets:  # only str equals str: no other input can hit
+        return names
+    for name in names:
+        check_metric_name(name)
+    _remember(_good_name_sets, names)
+    return names
 
 
 def check_value(value: object) -> float:
@@ -76,7 +100,17 @@ def check_value(value: object) -> float:
     raise PointError(f"metric value must be finite (NaN and ±Infinity cannot be sent): {value!r}")
 
 
+def check_values(values: tuple[Any, ...]) -> tuple[float, ...]:
+    """The values of one call as floats. Plain floats whose sum is finite are all finite (a sum
+    with a NaN or an infinity is not), checked in C; anything else goes value by value."""
+    if set(map(type, values)) == _FLOATS_ONLY and math.isfinite(sum(values)):
+        return values
+    return tuple(map(check_value, values))
+
+
 def check_step(step: object) -> int | None:
+    if type(step) is int and 0 <= step <= MAX_STEP:
+        return step
     if step is None:
         return None
     if type(step) is not int and not (hasattr(step, "__index__") and type(step) is not bool):
@@ -91,10 +125,15 @@ def check_labels(labels: Mapping[str, str] | Iterable[tuple[str, str]] | None) -
     """Labels as a dict or as pairs; at most 20, names and values of 1-256 characters."""
     if not labels:
         return None
-    pairs = tuple(labels.items()) if isinstance(labels, Mapping) else tuple(labels)
-    known = _good_labels.get(pairs)
-    if known is not None:
-        return known
+    if type(labels) is dict or isinstance(labels, Mapping):  # the exact type first: fast
+        pairs = tuple(labels.items())
+    else:
+        pairs = tuple(labels)
+    try:
+        if pairs in _good_labels:
+            return pairs  # equal to checked str pairs
+    except TypeError:  # pairs given as lists: checked below, not remembered
+        pass
     if len(pairs) > MAX_LABELS:
         raise PointError(f"a metric may have at most {MAX_LABELS} labels, not {len(pairs)}")
     checked = []
@@ -103,8 +142,7 @@ def check_labels(labels: Mapping[str, str] | Iterable[tuple[str, str]] | None) -
             raise PointError(f"a label must be a (name, value) pair: {pair!r}")
         checked.append((check_name(pair[0], "label name"), check_name(pair[1], "label value")))
     result = tuple(checked)
-    if len(_good_labels) < _CACHE_LIMIT:
-        _good_labels[pairs] = result
+    _remember(_good_labels, result)
     return result
 
 
