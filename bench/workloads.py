@@ -110,8 +110,9 @@ def w3(tag: str, points: int, seed: int = 1, clock: Any = time.time) -> list[Ent
 def w1(tag: str, points: int, seed: int = 1, clock: Any = time.time) -> list[Entry]:
     """W1: what 16 executions x 8 ranks write through the Emitter: each rank's
     ``log_metrics({8 metrics}, step=s, labels={"rank": r})`` calls (25 % of the metrics also
-    labelled ``node``), packed by the producer's packer one flush (STEPS_PER_FLUSH steps) at a
-    time, ranks and executions interleaved as their flushes would arrive."""
+    labelled ``node``), stamped once per call as the Emitter stamps them, packed by the
+    producer's packer one flush (STEPS_PER_FLUSH steps) at a time, ranks and executions
+    interleaved as their flushes would arrive."""
     from metricrelay.producer.packing import pack  # noqa: PLC0415 (bench-only import)
 
     rng = random.Random(seed)
@@ -129,7 +130,7 @@ def w1(tag: str, points: int, seed: int = 1, clock: Any = time.time) -> list[Ent
                         labels: tuple[tuple[str, str], ...] = (("rank", str(rank)),)
                         if rng.random() < 0.25:
                             labels = (*labels, ("node", f"node-{rank % 8}"))
-                        moment = int((base + (s - step) * 1e-3 + n * 1e-6) * 1e9)
+                        moment = int((base + (s - step) * 1e-3) * 1e9)  # one per call
                         ops.append((name, rng.uniform(0.0, 10.0), s, labels, moment))
                 for data, count in pack(ops, "default", execution):
                     out.append(Entry(execution, data, count, 0))

@@ -34,6 +34,15 @@ SERVER_FIXTURES = frozenset(
 )
 
 
+@pytest.fixture(autouse=True)
+def _private_spool(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test (and every process it starts) spools into a folder of its own: never the
+    user's cache, where a spool left by one test would be replayed into a later test's Redis."""
+    monkeypatch.setenv("METRICRELAY_SPOOL_DIR", str(tmp_path_factory.mktemp("spool")))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("integration"):

@@ -30,6 +30,7 @@ __all__ = [
     "describe_error",
     "format_path",
     "single_item_resource",
+    "whole_fragment",
 ]
 
 Section = Literal["metrics", "tags", "customInfo"]
@@ -152,12 +153,8 @@ def decode_entry(
     worker, whose coalescer places runs; everyone else gets items one by one.
     """
     if runs:
-        whole = wholeentry.read(raw)
-        if whole is not None:
-            group, execution, run, count, tags, infos = whole
-            fragment = EncodedFragment(
-                group or default_resource_group, execution, [], tags, infos, run, count
-            )
+        fragment = whole_fragment(raw, default_resource_group)
+        if fragment is not None:
             return Decoded(fragment, [])
     try:
         valid = FRAGMENT_ADAPTER.validate_json(raw)
@@ -168,6 +165,15 @@ def decode_entry(
             errors = tuple(describe_error(e) for e in exc.errors())
             return Decoded(None, [Problem("", (*errors, f"entry: not splittable ({odd!r})"), raw)])
     return Decoded(_encode(valid, entry_ms, default_resource_group), [])
+
+
+def whole_fragment(raw: bytes, default_resource_group: str) -> EncodedFragment | None:
+    """The entry as one run (wholeentry.py) if it is valid as written, else None."""
+    whole = wholeentry.read(raw)
+    if whole is None:
+        return None
+    group, execution, run, count, tags, infos = whole
+    return EncodedFragment(group or default_resource_group, execution, [], tags, infos, run, count)
 
 
 def _encode(valid: Fragment, entry_ms: int, default_resource_group: str) -> EncodedFragment:

@@ -137,6 +137,8 @@ def read(raw: bytes) -> WholeEntry | None:
 
 
 def _names_ok(metrics: list[_Metric]) -> bool:
+    if len(metrics) == 1 and metrics[0].name in _known_names:
+        return True  # a one-point entry (W2) with a name seen before
     names = {metric.name for metric in metrics}
     if names <= _known_names:
         return True

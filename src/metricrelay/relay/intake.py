@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from metricrelay.codec import EncodedFragment, decode_entry
+from metricrelay.codec import EncodedFragment, decode_entry, whole_fragment
 from metricrelay.deadletter import DeadLetter, Reason
 from metricrelay.keys import ShardKeys, shard_index
 from metricrelay.relay.stream import Entry
@@ -24,11 +24,13 @@ def decode(
     """The entry's valid items (None if nothing of it is usable) and a dead letter per problem."""
     if entry.resource is None:
         return None, [DeadLetter(b"", Reason.INVALID, "entry has no 'resource' field", [entry.id])]
+    fragment = whole_fragment(entry.resource, default_resource_group)  # the usual case
+    if fragment is not None:
+        return fragment, []
     decoded = decode_entry(
         entry.resource,
         entry_ms=entry.ms,
         default_resource_group=default_resource_group,
-        runs=True,
     )
     invalid = [
         DeadLetter(p.resource, Reason.INVALID, p.message, [entry.id]) for p in decoded.problems
