@@ -409,3 +409,35 @@ def test_the_ingest_token_is_a_secret_read_from_its_variable() -> None:
     assert settings.api.ingest_token.get_secret_value() == TOKEN
     for text in (repr(settings), str(settings), settings.model_dump_json()):
         assert TOKEN not in text
+
+
+# --------------------------------------------------------------------------- the Emitter's spool
+
+
+def test_the_spool_settings_default_and_come_from_their_variables() -> None:
+    emitter = build().emitter
+    assert (emitter.spool_dir, emitter.spool_max_bytes, emitter.spool_fsync) == (
+        None,
+        1024 * 1024 * 1024,
+        "batch",
+    )
+    env = {
+        "METRICRELAY_SPOOL_DIR": "/var/spool/mr",
+        "METRICRELAY_SPOOL_MAX_BYTES": "0",
+        "METRICRELAY_SPOOL_FSYNC": "always",
+    }
+    tuned = build(env).emitter
+    assert (tuned.spool_dir, tuned.spool_max_bytes, tuned.spool_fsync) == (
+        "/var/spool/mr",
+        0,
+        "always",
+    )
+    assert build(env, spool_fsync="never").emitter.spool_fsync == "never"  # flags win
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("SPOOL_FSYNC", "sometimes"), ("SPOOL_MAX_BYTES", "-1")]
+)
+def test_a_bad_spool_setting_is_named(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"METRICRELAY_{name}"):
+        build({f"METRICRELAY_{name}": value})

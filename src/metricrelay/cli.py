@@ -26,6 +26,7 @@ _SUBCOMMANDS: tuple[str, ...] = (
     "metricrelay.commands.dead",
     "metricrelay.commands.emit",
     "metricrelay.commands.ingest",
+    "metricrelay.commands.spool",
 )
 
 

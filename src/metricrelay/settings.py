@@ -385,6 +385,13 @@ class EmitterSettings(BaseModel):
     buffer_policy: Literal["block", "drop"] = "block"
     block_timeout: float = Field(30.0, ge=0)
     on_error: Literal["raise", "warn"] = "raise"  # a bad point at the call: raise, or log it
+    # Issue 18: where fragments wait on local disk while Redis is away. None: the per-user
+    # cache ($XDG_CACHE_HOME or ~/.cache)/metricrelay/spool, resolved by producer/spool.py.
+    spool_dir: str | None = None
+    # Past this many bytes on disk the buffer policy applies again; 0 turns the spool off.
+    spool_max_bytes: int = Field(1024 * MIB, ge=0)
+    # fsync each record, each batch written (as Redis's appendfsync everysec), or never.
+    spool_fsync: Literal["always", "batch", "never"] = "batch"
 
 
 # Each sub-model of Settings, by its name there.

@@ -21,7 +21,6 @@ import concurrent.futures
 import contextlib
 import logging
 import math
-import random
 import signal
 import threading
 import time
@@ -47,11 +46,20 @@ from metricrelay.producer.points import (
     check_values,
     stamp,
 )
+from metricrelay.producer.spool import FsyncPolicy, default_directory
+from metricrelay.producer.spool_writer import Diverter
 from metricrelay.progress import DeliveryReport
-from metricrelay.retry import RetryPolicy, until_done, until_done_sync
+from metricrelay.retry import RetryPolicy, until_done
 from metricrelay.settings import Settings
 
-__all__ = ["AsyncEmitter", "BufferFull", "Emitter", "EmitterConfig", "PointError"]
+__all__ = [
+    "AsyncEmitter",
+    "BufferFull",
+    "Emitter",
+    "EmitterConfig",
+    "PointError",
+    "SpoolPending",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,18 @@ _METRIC_COST: Final = 96  # approximate bytes one queued metric holds, for the m
 
 class BufferFull(RuntimeError):
     """The producer's buffer stayed full for the whole block timeout (Redis slow or down)."""
+
+
+class SpoolPending(TimeoutError):
+    """``flush`` ran out of time with fragments safe in the disk spool, not yet in Redis."""
+
+    def __init__(self, spooled: int, where: object) -> None:
+        super().__init__(f"{spooled} fragments still spooled in {where}, waiting for Redis")
+        self.spooled = spooled
+
+
+def _left(started: float, timeout: float | None) -> float | None:
+    return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
 
 
 class EmitterConfig:
@@ -82,6 +102,9 @@ class EmitterConfig:
         policy: Policy | None = None,
         block_timeout: float | None = None,
         on_error: Literal["raise", "warn"] | None = None,
+        spool_dir: str | None = None,
+        spool_max_bytes: int | None = None,
+        spool_fsync: FsyncPolicy | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         given = {
@@ -96,6 +119,9 @@ class EmitterConfig:
             "buffer_policy": policy,
             "block_timeout": block_timeout,
             "on_error": on_error,
+            "spool_dir": spool_dir,
+            "spool_max_bytes": spool_max_bytes,
+            "spool_fsync": spool_fsync,
         }
         try:
             settings = Settings.from_sources(
@@ -126,6 +152,9 @@ class EmitterConfig:
         self.policy: Policy = emitter.buffer_policy
         self.block_timeout = emitter.block_timeout
         self.on_error: Literal["raise", "warn"] = emitter.on_error
+        self.spool_dir = default_directory(emitter.spool_dir, env)  # issue 18: the disk spool
+        self.spool_max_bytes = emitter.spool_max_bytes
+        self.spool_fsync: FsyncPolicy = emitter.spool_fsync
 
 
 class _Core:
@@ -380,6 +409,15 @@ class Emitter(_Core):
         self._redis = sync_client(
             self.config.redis_url, cluster=self.config.cluster, timeout=self.config.redis_timeout
         )
+        config = self.config
+        self._diverter = Diverter(
+            self._redis,
+            directory=config.spool_dir,
+            execution_id=config.execution_id,
+            max_bytes=config.spool_max_bytes,
+            fsync=config.spool_fsync,
+            on_ids=self._replayed,
+        )
         self._wakeup = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="metricrelay-emitter", daemon=True)
@@ -397,28 +435,46 @@ class Emitter(_Core):
     def _wake(self) -> None:
         self._wakeup.set()
 
+    @property
+    def spooled(self) -> int:
+        """Fragments waiting in the disk spool for Redis (issue 18)."""
+        return self._diverter.spooled
+
+    def _replayed(self, ids: list[str]) -> None:
+        self.entry_ids += ids
+
     def flush(
         self, timeout: float | None = None, *, wait_delivered: bool = False
     ) -> DeliveryReport | None:
         """Everything logged so far is in Redis (and, with ``wait_delivered``, accepted by the
-        API or dead-lettered: the end-of-run barrier). Raises TimeoutError when time runs out."""
+        API or dead-lettered: the end-of-run barrier). Raises TimeoutError when time runs out:
+        :class:`SpoolPending` when all is safe on disk but not yet in Redis, saying how much."""
         started = time.monotonic()
+        if not self._durable(timeout):
+            raise TimeoutError(f"not everything reached Redis or the spool within {timeout}s")
+        if self.spooled and not self._diverter.drained.wait(_left(started, timeout)):
+            raise SpoolPending(self.spooled, self._diverter.location)
+        if not wait_delivered:
+            return None
+        return wait_delivered_sync(self.config, list(self.entry_ids), _left(started, timeout))
+
+    def _durable(self, timeout: float | None) -> bool:
+        """Wait until everything logged so far is in Redis or in the spool."""
         done = threading.Event()
         self._queue.append(Marker(done.set))
         self._wake()
-        if not done.wait(timeout):
-            raise TimeoutError(f"not everything reached Redis within {timeout}s")
-        if not wait_delivered:
-            return None
-        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-        return wait_delivered_sync(self.config, list(self.entry_ids), left)
+        return done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush what can be flushed within ``timeout``, then stop the writer."""
         if self._closed:
             return
-        try:
-            self.flush(timeout)
+        started = time.monotonic()
+        try:  # while Redis is away the spool keeps it all: no need to wait out the timeout
+            if not self._durable(timeout):
+                raise TimeoutError
+            if self.spooled and self._diverter.redis_up:  # Redis is back: time to replay
+                self._diverter.drained.wait(_left(started, timeout))
         except TimeoutError:
             log.error("closing with %d operations not written to Redis", len(self._queue))
         finally:
@@ -426,36 +482,43 @@ class Emitter(_Core):
             self._stop = True
             self._wake()
             self._thread.join(timeout=5)
+            if not self._thread.is_alive():  # else the writer still holds the spool
+                self._close_spool()
             if self.dropped:
                 log.warning(
                     "the emitter dropped %d points (buffer full, policy drop)", self.dropped
                 )
 
+    def _close_spool(self) -> None:
+        left, where = self._diverter.close()
+        if left:
+            log.warning(
+                "Redis unreachable: %d fragments left in the spool %s; a later Emitter of "
+                "execution %s or `metricrelay spool replay` sends them",
+                left,
+                where,
+                self.config.execution_id,
+            )
+
     def _run(self) -> None:
-        jitter = random.Random()  # one for the thread's life: seeding one costs per batch
+        diverter, key = self._diverter, self.config.keys.events
         while not self._stop or self._queue:
-            self._wakeup.wait(self.config.flush_interval)
+            self._wakeup.wait(0.05 if diverter.spooled else self.config.flush_interval)
             self._wakeup.clear()
+            diverter.drain()  # the spool (and dead processes' leftovers) before anything new
             while self._queue:
                 ops, markers, fragments = self._next_batch()
-
-                def write(fragments: list[bytes] = fragments) -> list[Any]:
-                    pipe = self._redis.pipeline(transaction=False)
-                    self._queue_xadds(pipe, fragments)
-                    return list(pipe.execute()) if fragments else []
-
-                # nothing logged is lost: every error is retried until Redis takes the batch
-                ids = until_done_sync(
-                    write,
-                    "writing to Redis",
-                    retry_on=_always,
+                # nothing logged is lost: to Redis, else to the spool, else retried; the memory
+                # buffer half full means Redis is slower than the training: spool
+                where, ids = diverter.deliver(
+                    [(key, data) for data in fragments],
+                    pressure=2 * (self._queued_bytes - self._written_bytes) > self._max_bytes,
                     stop=lambda: self._stop and self._closed,
-                    policy=_WRITE_BACKOFF,
-                    rng=jitter,
                 )
-                if ids is None:
+                if where == "stopped":
                     return  # close() gave up waiting; it logged what is left
                 self._done(ops, ids, markers)
+                diverter.drain()
 
 
 def wait_delivered_sync(
