@@ -126,7 +126,7 @@ def w1(tag: str, points: int, seed: int = 1, clock: Any = time.time) -> list[Ent
                 base = clock()
                 ops = []
                 for s in range(step, step + STEPS_PER_FLUSH):
-                    for n, name in enumerate(NAMES):
+                    for name in NAMES:
                         labels: tuple[tuple[str, str], ...] = (("rank", str(rank)),)
                         if rng.random() < 0.25:
                             labels = (*labels, ("node", f"node-{rank % 8}"))

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from metricrelay.codec import EncodedFragment, decode_entry
 from metricrelay.relay.batching import Body, Coalescer, Limits
+from metricrelay.relay.filling import top_up
 from metricrelay.wholeentry import items_of
 
 STAMP = "2026-12-01T12:00:00.123456Z"
@@ -243,3 +244,54 @@ def test_runs_make_the_same_bodies_as_single_items(
     assert [orjson.loads(b) for b in bodies(by_runs, limits)] == [
         orjson.loads(b) for b in bodies(by_items, limits)
     ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 2**32),
+    st.integers(2, 30),
+    st.integers(2_000, 40_000),
+    st.lists(st.integers(1, 40), min_size=2, max_size=12),
+)
+def test_filling_moves_runs_as_it_moves_single_items(
+    seed: int, max_metrics: int, max_bytes: int, sizes: list[int]
+) -> None:
+    """A queued body topped up from the next one (filling.py) ends the same, whether the next
+    one's points came as runs or one by one; so does the next one."""
+    rng = random.Random(seed)
+    raws = [
+        orjson.dumps(
+            {
+                "executionId": "exec-1",
+                "metrics": [
+                    workloads.point(rng, number * 50 + i, 1.7e9 + i, 0) for i in range(size)
+                ],
+            }
+        )
+        for number, size in enumerate(sizes)
+    ]
+    big = Limits(max_metrics=10_000, max_body_bytes=10_000_000)
+    limits = Limits(max_metrics=max_metrics, max_body_bytes=max_bytes)
+    outcomes = []
+    for decode_one in (fast, slow):
+        coalescer = Coalescer(big, linger=1e9)
+        coalescer.add("0-0", decode_one(raws[0]), now=0.0)  # type: ignore[arg-type]
+        (first,) = coalescer.flush()
+        for number, raw in enumerate(raws[1:], 1):
+            coalescer.add(f"{number}-0", decode_one(raw), now=0.0)  # type: ignore[arg-type]
+        (second,) = coalescer.flush()
+        if first.size > limits.max_body_bytes or first.metric_count > limits.max_metrics:
+            return  # no room to top up at all: nothing to compare
+        top_up(first, second, limits)
+        outcomes.append(
+            (
+                orjson.loads(first.encode()),
+                orjson.loads(second.encode()),
+                first.metric_count,
+                second.metric_count,
+                first.size == len(first.encode()),
+                second.size == len(second.encode()),
+            )
+        )
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][4] and outcomes[0][5]

@@ -27,7 +27,7 @@ from metricrelay.models import (
     METRIC_NAME_PATTERN,
 )
 
-__all__ = ["WholeEntry", "items_of", "read"]
+__all__ = ["WholeEntry", "items_of", "point_count", "read"]
 
 # The patterns of models.py with ``\Z`` for ``$``: Python's ``$`` also matches before a final
 # newline, pydantic's (Rust) one does not.
@@ -165,3 +165,11 @@ def items_of(run: bytes) -> list[bytes]:
     if run[:1] == b"{" and run.count(b"{") == 1:
         return [run]  # a point without labels, or a single item: nothing to cut
     return [bytes(item) for item in _ITEMS.decode(b"[" + run + b"]")]
+
+
+def point_count(run: bytes) -> int:
+    """How many points a run (or a single metric item) holds: every metric item the worker
+    sends carries exactly one timestamp key (codec.py writes one into each, :func:`read` takes
+    only entries whose every metric has exactly one), and no other part of an item can hold
+    that byte sequence unescaped."""
+    return run.count(_TIMESTAMP_KEY)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import struct
 import subprocess
 import urllib.request
@@ -15,11 +14,10 @@ from typing import Any
 
 import orjson
 import pytest
+from tests.support.browser import headless_chromium
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 # the committed screenshot for the README is refreshed only on request (no dirty tree after tests)
 SCREENSHOT_DIR = os.environ.get("METRICRELAY_SCREENSHOT_DIR")
 STEPS = 6
@@ -28,54 +26,11 @@ RANKS = (0, 1)
 WAIT_S = 20.0
 
 
-def _ensure_chromium() -> str | None:
-    """None when Chromium and its driver are there (installed now if need be), else why not."""
-    if os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER):
-        return None
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        return "no /usr/bin/chromium or chromedriver, and apt-get is missing or needs root"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"]
-    # a fresh machine may have no package lists yet: update only when the install needs it
-    for commands in ([install], [[apt, "update"], install]):
-        try:
-            for command in commands:
-                subprocess.run(
-                    command, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                    timeout=300, check=True,
-                )  # fmt: skip
-            break
-        except (subprocess.SubprocessError, OSError) as exc:
-            failure = f"{' '.join(command[1:])} failed: {exc}"
-    else:
-        return failure
-    if os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER):
-        return None
-    return "apt-get ran but /usr/bin/chromium or /usr/bin/chromedriver is still missing"
-
-
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    reason = _ensure_chromium()
-    if reason is not None:
-        pytest.skip(f"BROWSER TEST SKIPPED — no headless Chromium: {reason}")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
     profile = tmp_path_factory.mktemp("chromium-profile")
-    for arg in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,1600",
-    ):  # fmt: skip
-        options.add_argument(arg)
-    # the driver path is given, so Selenium Manager has nothing to download
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
-    browser = webdriver.Chrome(options=options, service=service)
-    browser.set_page_load_timeout(WAIT_S)
-    yield browser
-    browser.quit()
+    with headless_chromium(profile, window="1400,1600", page_load_timeout=WAIT_S) as browser:
+        yield browser
 
 
 def _png_1x1() -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from tests.support.browser import headless_chromium
 from tests.support.reference_api import CLIENT_SECRET
 from tests.viewer.conftest import (
     FIXED_TOKEN,
@@ -39,28 +40,11 @@ CHARTS = sorted(f"{name} {{rank={rank}}}" for name in ("accuracy", "loss") for r
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    from tests.api.test_viewer_browser import CHROMEDRIVER, CHROMIUM, _ensure_chromium  # noqa: PLC0415
-
-    reason = _ensure_chromium()
-    if reason is not None:
-        pytest.skip(f"BROWSER TEST SKIPPED — no headless Chromium: {reason}")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
     profile = tmp_path_factory.mktemp("chromium-profile")
-    for arg in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,1500",
-    ):  # fmt: skip
-        options.add_argument(arg)
-    # every network event of the page, to read back each response it received
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
-    browser = webdriver.Chrome(options=options, service=service)
-    browser.set_page_load_timeout(WAIT_S)
-    yield browser
-    browser.quit()
+    with headless_chromium(
+        profile, window="1400,1500", page_load_timeout=WAIT_S, log_network=True
+    ) as browser:
+        yield browser
 
 
 def _open(driver: Any, url: str | None, *, error: bool = False) -> dict[str, Any]:

@@ -175,11 +175,11 @@ def test_top_up_keeps_the_byte_budget() -> None:
     coalescer = Coalescer(Limits(max_body_bytes=4 * one + 60))
     first = Body("g", "exec-1", 0.0, b'{"executionId":"exec-1"')
     first.metrics.append((metric(0, size=100), "1-0"))
-    first.size = len(first.encode())
+    first.metric_count, first.size = 1, len(first.encode())
     other = Body("g", "exec-1", 0.0, b'{"executionId":"exec-1"')
     for step in range(1, 6):
         other.metrics.append((metric(step, size=100), "2-0"))
-    other.size = len(other.encode())
+    other.metric_count, other.size = 5, len(other.encode())
     top_up(first, other, coalescer.limits)
     assert first.size == len(first.encode()) <= coalescer.limits.max_body_bytes
     assert len(first.metrics) == 4 and len(other.metrics) == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from metricrelay.codec import Section
 from metricrelay.relay.batching import Body, CloseReason, Coalescer, Limits
+from metricrelay.wholeentry import items_of, point_count
 
 __all__ = ["Filler", "absorb", "top_up"]
 
@@ -60,22 +61,29 @@ def top_up(into: Body, other: Body, limits: Limits) -> list[str]:
         raise ValueError("only bodies of one execution can be merged")
     room = limits.max_metrics - into.metric_count
     budget = limits.max_body_bytes - into.size
-    metrics = other.single_metrics()
     if not other.tags and not other.custom_info:
-        room = min(room, len(metrics) - 1)  # all of it would have been absorbed
-    moved = used = 0
-    for data, _ in metrics[: max(0, room)]:
-        cost = len(data) + (_separators(into, "metrics", 1) if not moved else 1)
-        if used + cost > budget:
+        room = min(room, other.metric_count - 1)  # all of it would have been absorbed
+    metrics = other.metrics
+    counted = other.metric_count != len(metrics)  # it holds runs: count each element's points
+    elements = points = used = 0
+    while elements < len(metrics) and points < room:
+        data = metrics[elements][0]
+        count = point_count(data) if counted else 1
+        cost = len(data) + (_separators(into, "metrics", 1) if not elements else 1)
+        if count <= room - points and used + cost <= budget:
+            elements, points, used = elements + 1, points + count, used + cost
+        elif count > 1:  # a run that fits only in part: its points one by one from here
+            source = metrics[elements][1]
+            metrics[elements : elements + 1] = [(one, source) for one in items_of(data)]
+        else:
             break
-        used += cost
-        moved += 1
+    moved = elements
     if not moved:
         return []
     taken, other.metrics = metrics[:moved], metrics[moved:]
     into.metrics.extend(taken)
-    into.metric_count += moved
-    other.metric_count -= moved
+    into.metric_count += points
+    other.metric_count -= points
     into.size += used
     other.size = len(other.encode())
     gained = [source for _, source in taken if source not in into.sources]
