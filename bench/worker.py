@@ -244,13 +244,15 @@ def start_worker(
 
 
 def _entry(execution: str, first_step: int, points: int) -> bytes:
-    """``points`` W2-shaped points of ``execution`` from step ``first_step`` on."""
+    """W2-shaped points of ``execution`` at steps ``first_step`` … (one per step, the 8 names in
+    turn, rank labels, a timestamp of each point's own)."""
     rng = random.Random(first_step)
     now = time.time()
-    metrics = [
-        workloads.point(rng, first_step * len(workloads.NAMES) + i, now + i * 1e-6, i % 8)
-        for i in range(points)
-    ]
+    metrics = []
+    for i in range(points):
+        point = workloads.point(rng, i, now + i * 1e-6, i % workloads.RANKS)
+        point["step"] = first_step + i
+        metrics.append(point)
     return orjson.dumps({"executionId": execution, "metrics": metrics})
 
 
