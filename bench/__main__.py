@@ -14,6 +14,7 @@ STANDARD: tuple[str, ...] = (
     "bench.worker",
     "bench.cluster",
     "bench.remote_api",
+    "bench.outage",
 )
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bench import cluster, producer, training, worker
+from bench import cluster, outage, producer, training, worker
 
 pytestmark = pytest.mark.integration  # starts redis-server, the reference API and workers
 
@@ -63,3 +63,12 @@ def test_training_bench_runs_at_tiny_size(tmp_path: Path) -> None:
         assert result["median_step_ms"][variant]["median"] > 0
     assert set(result["slowdown_pct_from_medians"]) == {"emitter", "sdk_patch"}
     assert result["emitter_direct_cost"]["writer_thread_cpu_us_per_step"]["median"] > 0
+
+
+def test_outage_bench_runs_at_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "outage.json"
+    assert outage.main(["--tiny", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["every_point_in_step_order"] is True
+    assert result["spooled_fragments_at_outage_end"] > 0  # the outage did reach the emitter
+    assert set(result["phases"]) == {"before", "outage", "after"}
