@@ -33,20 +33,11 @@ from typing import Any
 import orjson
 import redis
 
+from bench.workloads import NAMES
 from metricrelay import Emitter
 from metricrelay.devtools.embedded import RedisServer
 
 RESULTS = Path(__file__).parent / "results" / "producer.json"
-NAMES = (
-    "train/loss",
-    "train/lr",
-    "train/grad_norm",
-    "train/tokens_per_s",
-    "val/loss",
-    "val/accuracy",
-    "gpu/mem_gb",
-    "throughput",
-)
 EXECUTIONS = 16
 RANKS = 8
 POOL = 64  # value dicts cycled through: realistic floats, no RNG inside the timed loop

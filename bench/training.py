@@ -42,21 +42,12 @@ from typing import Any
 
 import requests
 
+from bench.workloads import NAMES
 from metricrelay.devtools.demo_stack import DEMO_TOKEN, start_api
 from metricrelay.devtools.embedded import RedisServer, free_port
 
 RESULTS = Path(__file__).parent / "results" / "training.json"
 VARIANTS = ("none", "emitter", "sdk_patch")
-NAMES = (
-    "train/loss",
-    "train/lr",
-    "train/grad_norm",
-    "train/tokens_per_s",
-    "val/loss",
-    "val/accuracy",
-    "gpu/mem_gb",
-    "throughput",
-)
 TARGET_EMITTER_SLOWDOWN_PCT = 2.0
 
 
