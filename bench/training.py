@@ -28,6 +28,7 @@ share the machine's cores. Run: ``python -m bench training [--tiny] [--runs N] [
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -196,6 +197,13 @@ def rank_main(rank: int, plan: Plan) -> None:
     measured = [row for run in range(size.runs) for row in one_run(trainer, plan, run, rank)]
     if rank == 0:
         Path(plan.out).write_text(json.dumps(measured))
+    # Tear down in order: the DDP model's reducer (its hooks hold the group's gloo work) before
+    # the group, and no rank before every rank is done with the store rank 0 hosts. Leaving them
+    # to interpreter exit once aborted rank 0 with "terminate called without an active
+    # exception" (SIGABRT) in a fresh-clone CI run.
+    dist.barrier()
+    del trainer
+    gc.collect()
     dist.destroy_process_group()
 
 
