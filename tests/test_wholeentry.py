@@ -17,7 +17,7 @@ from bench import workloads  # the realistic shapes live with the benchmarks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metricrelay.codec import EncodedFragment, decode_entry
+from metricrelay.codec import EncodedFragment, decode_entry, whole_fragment
 from metricrelay.relay.batching import Body, Coalescer, Limits
 from metricrelay.relay.filling import top_up
 from metricrelay.wholeentry import items_of
@@ -32,10 +32,8 @@ def slow(raw: bytes) -> EncodedFragment:
 
 
 def fast(raw: bytes) -> EncodedFragment | None:
-    decoded = decode_entry(
-        raw, entry_ms=1_700_000_000_000, default_resource_group="dflt", runs=True
-    )
-    return decoded.fragment if decoded.fragment is not None and decoded.fragment.run_count else None
+    fragment = whole_fragment(raw, "dflt")
+    return fragment if fragment is not None and fragment.run_count else None
 
 
 def same_items(raw: bytes) -> None:

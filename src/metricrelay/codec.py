@@ -143,19 +143,12 @@ def single_item_resource(
     )
 
 
-def decode_entry(
-    raw: bytes, *, entry_ms: int, default_resource_group: str, runs: bool = False
-) -> Decoded:
+def decode_entry(raw: bytes, *, entry_ms: int, default_resource_group: str) -> Decoded:
     """Validate one stream entry's ``resource`` bytes and encode its valid items.
 
-    ``entry_ms`` (the stream id's time) becomes the timestamp of metrics that carry none. With
-    ``runs``, an entry valid as written keeps its metrics as one run (wholeentry.py): for the
-    worker, whose coalescer places runs; everyone else gets items one by one.
+    ``entry_ms`` (the stream id's time) becomes the timestamp of metrics that carry none. (The
+    worker first tries :func:`whole_fragment`; this is the judge of everything else.)
     """
-    if runs:
-        fragment = whole_fragment(raw, default_resource_group)
-        if fragment is not None:
-            return Decoded(fragment, [])
     try:
         valid = FRAGMENT_ADAPTER.validate_json(raw)
     except ValidationError as exc:

@@ -90,7 +90,6 @@ _CHECK: Final = msgspec.json.Decoder(_Fragment)
 _ITEMS: Final = msgspec.json.Decoder(list[Raw])
 _CUT: Final = msgspec.json.Decoder(_Parts)
 _RUN: Final = msgspec.json.Decoder(_Run)
-# A timestamp exactly as codec.py would write it; the key as a producer's JSON encoder writes it.
 # A timestamp key NOT followed by a value exactly as codec.py would write it: one scan, no match.
 _NOT_CANONICAL: Final = re.compile(rb'"timestamp":(?!"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")')
 _TIMESTAMP_KEY: Final = b'"timestamp":'
@@ -110,29 +109,29 @@ def read(raw: bytes) -> WholeEntry | None:
         checked = _CHECK.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
-    metrics, tags, infos = checked.metrics, checked.tags, checked.customInfo
+    metrics = checked.metrics
     if metrics is UNSET:
         metrics = []
     elif not metrics:
         return None  # an empty section is left out of what the worker sends
     elif not (_names_ok(metrics) and _timestamps_canonical(raw, len(metrics))):
         return None
-    if tags is UNSET and infos is UNSET:
-        run = bytes(_RUN.decode(raw).metrics).strip()[1:-1] if metrics else b""
-        return (checked.resourceGroup or None, checked.executionId, run, len(metrics), [], [])
-    if not tags or not infos:  # UNSET or empty: an empty one is left out, as above
-        if tags == [] or infos == []:
+    tags: list[_Tag] = checked.tags or []
+    infos: list[_Info] = checked.customInfo or []
+    if checked.tags is UNSET and checked.customInfo is UNSET:  # most entries: metrics alone
+        raw_metrics, raw_tags, raw_infos = _RUN.decode(raw).metrics, [], []
+    else:
+        if checked.tags == [] or checked.customInfo == []:  # left out, as above
             return None
-        tags, infos = tags or [], infos or []
-    parts = _CUT.decode(raw)
-    run = bytes(parts.metrics).strip()[1:-1] if metrics else b""
+        parts = _CUT.decode(raw)
+        raw_metrics, raw_tags, raw_infos = parts.metrics, parts.tags, parts.customInfo
     return (
         checked.resourceGroup or None,
         checked.executionId,
-        run,
+        bytes(raw_metrics).strip()[1:-1] if metrics else b"",  # the items between the brackets
         len(metrics),
-        [(tag.name, bytes(item)) for tag, item in zip(tags, parts.tags, strict=True)],
-        [(info.name, bytes(item)) for info, item in zip(infos, parts.customInfo, strict=True)],
+        [(tag.name, bytes(item)) for tag, item in zip(tags, raw_tags, strict=True)],
+        [(info.name, bytes(item)) for info, item in zip(infos, raw_infos, strict=True)],
     )
 
 
