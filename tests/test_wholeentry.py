@@ -94,9 +94,9 @@ def entry(*metrics: dict[str, Any], **top: Any) -> bytes:
         entry(metric(), tags=[]),
         entry(metric(), resourceGroup=None),
         entry(),  # no metrics at all
-        b'{"executionId":"exec-1","metrics":[{"name":"a","value":1,"timestamp": "'
+        b'{"executionId":"exec-1","metrics":[{"name":"a","value":1,"timestamp" :"'
         + STAMP.encode()
-        + b'"}]}',  # whitespace the canonical check does not read
+        + b'"}]}',  # a key parted from its colon: point_count would not see it
         b'{"executionId":"exec-1","metrics":[{"name":"a","value":1,"timestamp":"'
         + STAMP.encode()
         + b'","timestamp":"2026-12-01T13:00:00+01:00"}]}',  # the key twice

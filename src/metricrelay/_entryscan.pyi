@@ -1,0 +1,3 @@
+"""The worker's native recogniser of plain metric entries (_entryscan.c)."""
+
+def scan(raw: bytes, /) -> tuple[str | None, str, bytes, int] | None: ...
