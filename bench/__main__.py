@@ -9,6 +9,7 @@ import sys
 STANDARD: tuple[str, ...] = (
     "bench.pipeline",
     "bench.producer",
+    "bench.spool",
     "bench.training",
     "bench.api_patch",
     "bench.worker",

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bench import cluster, outage, producer, training, worker
+from bench import cluster, outage, producer, spool, training, worker
 
 pytestmark = pytest.mark.integration  # starts redis-server, the reference API and workers
 
@@ -52,6 +52,26 @@ def test_producer_bench_runs_at_tiny_size(tmp_path: Path) -> None:
     for figure in ("calling_thread", "process_cpu", "deque_append"):
         assert result[f"{figure}_us_per_point"]["median"] > 0
     assert result["ratios"]["process_over_deque"] > 1
+
+
+def test_spool_bench_runs_at_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "spool.json"
+    assert spool.main(["--tiny", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["machine"]["runs"] == 1
+    assert result["points_per_run"] == 4 * 16 * 8 * 8
+    assert result["every_point_arrived"] is True  # counted in the streams after each phase
+    assert result["problems"] == []
+    for variant in ("direct", "spool_batch", "spool_never"):
+        assert result[f"{variant}_calling_thread_us"]["median"] > 0
+        assert result[f"{variant}_process_cpu_us"]["median"] > 0
+    assert result["deque_append_us"]["median"] > 0
+    assert result["spool_bytes_per_point"]["median"] > 0
+    for replayed in ("emitter_replay", "leftover_replay"):
+        assert result[f"{replayed}_points_per_s"]["median"] > 0
+        assert result[f"{replayed}_records_per_s"]["median"] > 0
+        assert result[f"{replayed}_process_cpu_us"]["median"] > 0
+    assert set(result["ratios"]) >= {"spool_batch_over_direct_process_cpu"}
 
 
 def test_training_bench_runs_at_tiny_size(tmp_path: Path) -> None:
