@@ -4,8 +4,10 @@ On the workloads of /work/shared/WORKLOADS.md (W1 Emitter-shaped, W2 one point p
 points per entry, W4 mixed with invalid items), POINTS points per run, median (min, max) of RUNS.
 Each decoder is measured on the same bytes beside ``orjson.loads`` (the floor any validating
 decoder sits on): pydantic-core (codec.py's path: TypedDicts with their validators, every item
-encoded one by one) and msgspec (wholeentry.py: one native pass, valid entries kept as a run of
-their own bytes; anything it declines falls back to the pydantic path, as in the worker).
+encoded one by one), msgspec's pass alone (wholeentry.read_checked: valid entries kept as a run
+of their own bytes) and the worker's intake (wholeentry.read: the C recogniser _entryscan for
+plain metrics entries, then msgspec's pass); anything they decline falls back to the pydantic
+path, as in the worker.
 Run: ``python -m bench pipeline`` (or ``make bench``).
 """
 
@@ -18,11 +20,12 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from bench import workloads
+from metricrelay import wholeentry
 from metricrelay.codec import EncodedFragment, decode_entry, whole_fragment
 from metricrelay.relay.batching import Coalescer
 
@@ -52,12 +55,20 @@ def timed(work: Callable[[], object]) -> float:
         gc.enable()
 
 
-def decode_all(entries: list[bytes], *, runs: bool) -> list[EncodedFragment]:
-    """Each entry as the worker's intake makes it (``runs``: the fast path first, as
-    relay/intake.py does), or through codec.py's pydantic path alone."""
-    out = []
+Path_ = Literal["pydantic", "msgspec", "intake"]
+
+
+def decode_all(entries: list[bytes], *, path: Path_) -> list[EncodedFragment]:
+    """Each entry as the worker's intake makes it (``intake``: the native pass, else msgspec's,
+    else codec.py's), with msgspec's pass alone before codec.py, or through codec.py alone."""
+    out: list[EncodedFragment] = []
     for raw in entries:
-        fragment = whole_fragment(raw, "default") if runs else None
+        fragment = None
+        if path == "intake":
+            fragment = whole_fragment(raw, "default")
+        elif path == "msgspec" and (whole := wholeentry.read_checked(raw)) is not None:
+            group, execution, run, count, tags, infos = whole
+            fragment = EncodedFragment(group or "default", execution, [], tags, infos, run, count)
         if fragment is None:
             fragment = decode_entry(
                 raw, entry_ms=1_795_435_200_000, default_resource_group="default"
@@ -85,11 +96,12 @@ def measure(label: str) -> list[dict[str, Any]]:
     made = WORKLOADS[label]("pipeline", POINTS)
     entries = [entry.data for entry in made]
     points = sum(entry.points for entry in made)
-    fragments = decode_all(entries, runs=True)
+    fragments = decode_all(entries, path="intake")
     stages: dict[str, Callable[[], object]] = {
         "orjson.loads (baseline)": lambda: [orjson.loads(raw) for raw in entries],
-        "decode: pydantic-core": lambda: decode_all(entries, runs=False),
-        "decode: msgspec fast path": lambda: decode_all(entries, runs=True),
+        "decode: pydantic-core": lambda: decode_all(entries, path="pydantic"),
+        "decode: msgspec pass": lambda: decode_all(entries, path="msgspec"),
+        "decode: native + msgspec (intake)": lambda: decode_all(entries, path="intake"),
         "coalesce+encode": lambda: coalesce_all(fragments),
     }
     rows = []
@@ -113,10 +125,10 @@ def measure(label: str) -> list[dict[str, Any]]:
 
 def main(argv: list[str]) -> int:
     rows = [row for label in WORKLOADS for row in measure(label)]
-    print(f"{'':4} {'stage':26} {'points/s':>11} {'min':>11} {'max':>11} {'µs/pt':>7} x base")
+    print(f"{'':4} {'stage':34} {'points/s':>11} {'min':>11} {'max':>11} {'µs/pt':>7} x base")
     for r in rows:
         print(
-            f"{r['traffic']:4} {r['stage']:26} {r['points_per_s_median']:11,.0f} "
+            f"{r['traffic']:4} {r['stage']:34} {r['points_per_s_median']:11,.0f} "
             f"{r['points_per_s_min']:11,.0f} {r['points_per_s_max']:11,.0f} "
             f"{r['us_per_point']:7.2f} {r['vs_baseline']:.2f}"
         )

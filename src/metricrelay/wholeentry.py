@@ -33,7 +33,7 @@ from metricrelay.models import (
     METRIC_NAME_PATTERN,
 )
 
-__all__ = ["NATIVE", "WholeEntry", "items_of", "point_count", "read"]
+__all__ = ["NATIVE", "WholeEntry", "items_of", "point_count", "read", "read_checked"]
 
 _Scan = Callable[[bytes], tuple[str | None, str, bytes, int] | None]
 try:
@@ -122,6 +122,11 @@ def read(raw: bytes) -> WholeEntry | None:
     """The entry as it can travel unchanged, or None when it needs codec.py's judgement."""
     if _scan is not None and (plain := _scan(raw)) is not None:
         return plain[0], plain[1], plain[2], plain[3], [], []
+    return read_checked(raw)
+
+
+def read_checked(raw: bytes) -> WholeEntry | None:
+    """:func:`read` by the msgspec pass alone (entries with tags or customInfo, any text)."""
     try:
         checked = _CHECK.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError):
