@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
-from metricrelay.producer.emitter import AsyncEmitter, BufferFull, Emitter
+from metricrelay.producer.async_emitter import AsyncEmitter
+from metricrelay.producer.emitter import BufferFull, Emitter
 from metricrelay.producer.points import PointError
 
 __all__ = ["AsyncEmitter", "BufferFull", "Emitter", "PointError", "__version__"]

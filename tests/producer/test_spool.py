@@ -224,3 +224,31 @@ def test_truncated_and_corrupted_files(tmp_path: Path) -> None:
     assert steps(redis.entries) == [0, 1]
     assert outcome.corrupt and str(bad) in outcome.corrupt[0]
     assert bad.exists() and commit_path(bad_dir, leftover.name).exists()
+
+
+def test_a_dry_run_lists_the_executions_the_records_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`metricrelay emit` spools every execution it writes in one spool, named ``emit``: the
+    listing goes by the executionId of each record, the spool's torn end under its first."""
+    from metricrelay.commands.spool import _dry_run  # noqa: PLC0415
+
+    def of(execution: str, step: int, tags: int = 0) -> bytes:
+        tagged = [{"name": f"t{i}", "value": "v"} for i in range(tags)]
+        metric = {"name": "loss", "value": 1.0, "step": step}
+        return orjson.dumps({"executionId": execution, "metrics": [metric], "tags": tagged})
+
+    spool = Spool(tmp_path, "emit", max_bytes=10**9)
+    for step in range(3):
+        spool.append([(KEY, of("run-x1", step)), (KEY, of("run-y1", step, tags=1))])
+    left = spool.close()
+    assert left is not None
+    with left.open("ab") as file:
+        file.write(encode_record(KEY, of("run-y1", 3))[:-2])
+    [leftover] = find_leftovers(tmp_path)
+    assert leftover.execution_id == "emit"  # the file name's
+    assert summarize(leftover).executions == {"run-x1": [3, 3], "run-y1": [3, 6]}
+    assert _dry_run([leftover]) == 0
+    [first, torn, second] = capsys.readouterr().out.splitlines()
+    assert (first, second) == ("run-x1\t3 record(s)\t3 item(s)", "run-y1\t3 record(s)\t6 item(s)")
+    assert torn.startswith("  torn last record, would be skipped:")

@@ -12,13 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
 import pytest
-import redis
+from tests.support.streams import stream_steps
 from tests.support.waiting import until_sync
 
 from metricrelay.devtools.embedded import RedisServer, free_port
-from metricrelay.keys import Keys
 from metricrelay.producer.emitter import Emitter
 
 pytestmark = pytest.mark.integration
@@ -28,16 +26,6 @@ OUTAGE_S = 5.0
 
 def url_flag(server: RedisServer) -> list[str]:
     return ["--redis-url", server.url]
-
-
-def stream_steps(url: str, execution: str) -> list[int]:
-    key = Keys().route("default", execution).events
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = redis.Redis.from_url(url).xrange(key)  # type: ignore[assignment]
-    return [
-        metric["step"]
-        for _, fields in entries
-        for metric in orjson.loads(fields[b"resource"])["metrics"]
-    ]
 
 
 def test_training_keeps_stepping_through_an_outage_and_every_point_arrives_in_order(

@@ -3,8 +3,19 @@
 Simple points ``{"executionId", "name", "value", "step"}`` (optionally ``timestamp``,
 ``labels``, ``resourceGroup``) are packed per execution into fragments of up to 1000 metrics;
 fragments are validated and written as they are. Bad lines are reported with their number and
-skipped; the exit code is 1 if there was any. With ``METRICRELAY_SHARDS`` > 1 each fragment goes
-to the stream of its execution's shard (keys.py).
+skipped. With ``METRICRELAY_SHARDS`` > 1 each fragment goes to the stream of its execution's
+shard (keys.py).
+
+While Redis is unreachable the fragments go to the Emitter's disk spool instead
+(``--spool-dir`` or ``METRICRELAY_SPOOL_DIR``, ``METRICRELAY_SPOOL_MAX_BYTES``,
+``METRICRELAY_SPOOL_FSYNC``; files ``emit@<pid>.<n>.spool``) and are replayed in order as soon
+as Redis answers again. At the end of the input, if Redis stayed away for ``--wait`` seconds,
+the spool is left on disk: ``metricrelay spool replay`` (or the next ``metricrelay emit``)
+sends it.
+
+Exit codes: 0 every point is in Redis; 3 every point is safe, some in the spool only, not yet
+in Redis; 1 bad lines were skipped (whatever became of the rest), or for ``--wait`` seconds
+neither Redis nor the spool (full, or off) took a batch: the input stops there.
 """
 
 from __future__ import annotations
@@ -13,17 +24,27 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator
-from typing import IO, Any, Final
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import orjson
 
 from metricrelay.codec import decode_entry
 from metricrelay.keys import Keys
 from metricrelay.producer.packing import Packer
+from metricrelay.producer.spool_writer import Diverter
 
-__all__ = ["register", "run"]
+if TYPE_CHECKING:
+    from metricrelay.settings import EmitterSettings
+
+__all__ = ["EXIT_SPOOLED", "SPOOL_NAME", "register", "run"]
 
 _BATCH: Final = 500  # XADDs per pipeline round trip
+EXIT_BAD_LINES: Final = 1
+EXIT_SPOOLED: Final = 3  # safe on local disk, not yet in Redis
+# The spool's name where an Emitter's has its execution: one spool holds many executions
+# (each record names its stream), and a later `emit` replays those a dead one left.
+SPOOL_NAME: Final = "emit"
 _POINT_KEYS: Final = frozenset({"name", "value"})
 
 
@@ -43,7 +64,28 @@ def register(subparsers: Any) -> None:
         "--cluster", action="store_true", default=None, help="Redis is a Redis Cluster"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--spool-dir",
+        default=None,
+        help="where fragments wait while Redis is away (default: METRICRELAY_SPOOL_DIR, else "
+        "the per-user cache)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long Redis may stay away at the end of the input before the spool is left "
+        "on disk (exit 3) (default 10)",
+    )
     parser.set_defaults(handler=run)
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -121,56 +163,126 @@ class _Lines:
 _ENVELOPE: Final = frozenset({"executionId", "resourceGroup"})
 
 
+class _Sink:
+    """Where the fragments go: Redis, else (while it is away) the disk spool, replayed in order
+    once it answers again — the Emitter's :class:`Diverter`, one spool for the whole input."""
+
+    def __init__(self, client: Any, keys: Keys, settings: EmitterSettings, directory: Path) -> None:
+        self.keys = keys
+        self.directory = directory
+        self.entries = 0  # fragments written or spooled
+        self.diverter = Diverter(
+            client,
+            directory=directory,
+            execution_id=SPOOL_NAME,
+            max_bytes=settings.spool_max_bytes,
+            fsync=settings.spool_fsync,
+            on_ids=lambda ids: None,
+        )
+
+    def write(self, fragments: list[tuple[_Execution, bytes]], patience: float) -> bool:
+        """Into Redis or the spool, behind what is spooled (and what dead ``emit``s left);
+        False when neither took them within ``patience`` seconds."""
+        if not fragments:
+            return True
+        # Every fragment here passed decode_entry, so it has a valid executionId and a
+        # resource group: always routable (a line without one was refused as a bad line).
+        keys = self.keys
+        records = [(keys.route(*execution).events, data) for execution, data in fragments]
+        self.diverter.drain()
+        give_up = time.monotonic() + patience
+        where, _ = self.diverter.deliver(
+            records, pressure=False, stop=lambda: time.monotonic() > give_up
+        )
+        if where == "stopped":
+            return False
+        self.entries += len(records)
+        return True
+
+    def finish(self, wait: float) -> int:
+        """Replay what is spooled; give up once Redis stayed away ``wait`` seconds. The
+        fragments left on disk (the spool's files are deleted when there are none)."""
+        diverter = self.diverter
+        deadline = time.monotonic() + wait
+        while diverter.spooled:
+            before = diverter.spooled
+            diverter.drain()
+            if diverter.spooled < before:
+                deadline = time.monotonic() + wait  # Redis answers: replaying
+            elif time.monotonic() >= deadline:
+                break
+            else:
+                time.sleep(0.05)  # Redis is tried again on the Diverter's backoff, not sooner
+        return diverter.close()[0]
+
+
 def run(args: argparse.Namespace) -> int:
     from metricrelay.connection import sync_client  # noqa: PLC0415
     from metricrelay.layout import events_pattern  # noqa: PLC0415
+    from metricrelay.producer.spool import default_directory  # noqa: PLC0415
     from metricrelay.settings import Settings  # noqa: PLC0415
 
     fields = {"redis_url": args.redis_url, "prefix": args.prefix, "shards": args.shards}
     fields |= {"resource_group": args.resource_group, "cluster": args.cluster}
+    fields |= {"spool_dir": args.spool_dir}
     settings = Settings.from_sources({k: v for k, v in fields.items() if v is not None})
     client = sync_client(
         settings.redis.redis_url,
         cluster=settings.redis.cluster,
         timeout=settings.redis.redis_timeout,
     )
-    keys = settings.keys()
-    events = events_pattern([keys])
+    directory = default_directory(settings.emitter.spool_dir)
+    sink = _Sink(client, settings.keys(), settings.emitter, directory)
     packer = _Lines(settings.api.resource_group)
-    started, written = time.monotonic(), 0
-    progress = _progress_bar(args)
-    for number, line in _lines(args.file):
-        packer.take(number, line)
-        if len(packer.ready) >= _BATCH:
-            written += _write(client, keys, packer.ready)
-            packer.ready = []
-        progress.update(1) if progress is not None else None
-    packer.flush()
-    written += _write(client, keys, packer.ready)
-    if progress is not None:
-        progress.close()
+    started = time.monotonic()
+    stuck = _read(args, packer, sink)
+    left = sink.finish(args.wait)
     seconds = time.monotonic() - started
+    events = events_pattern([settings.keys()])
+    if stuck is not None:
+        line, lost = stuck
+        print(
+            f"stopped at line {line}: Redis unreachable and the spool in {directory} full or "
+            f"off (METRICRELAY_SPOOL_MAX_BYTES) for {args.wait:g}s; the last {lost} entries "
+            "read and the lines after were not written",
+            file=sys.stderr,
+        )
+    written = sink.entries - left
     print(
         f"{packer.points} points in {written} entries written to {events} in {seconds:.2f}s; "
         f"{packer.bad} bad line(s) skipped",
         file=sys.stderr,
     )
-    return 1 if packer.bad else 0
+    if left:
+        print(
+            f"Redis unreachable: {left} entries wait in the spool in {directory}, not yet in "
+            f"Redis; `metricrelay spool replay {directory}` (or the next `metricrelay emit`) "
+            "sends them",
+            file=sys.stderr,
+        )
+    if packer.bad or stuck is not None:
+        return EXIT_BAD_LINES
+    return EXIT_SPOOLED if left else 0
 
 
-def _write(client: Any, keys: Keys, fragments: list[tuple[_Execution, bytes]]) -> int:
-    if not fragments:
-        return 0
-    # Not a transaction: fragments of one batch go to many shards (slots), and a cluster
-    # pipeline sends each node its part.
-    pipe = client.pipeline(transaction=False)
-    for (group, execution), data in fragments:
-        # Every fragment here passed decode_entry, so it has a valid executionId and a
-        # resource group: always routable. (A line without one was refused as a bad line
-        # above, so no shard-0 fall-back is needed here.)
-        pipe.xadd(keys.route(group, execution).events, {"resource": data})
-    pipe.execute()
-    return len(fragments)
+def _read(args: argparse.Namespace, packer: _Lines, sink: _Sink) -> tuple[int, int] | None:
+    """Every line into the sink; None, or where it could take no more (Redis away and the
+    spool full or off): the line's number and the entries it did not take."""
+    progress = _progress_bar(args)
+    number = 0
+    try:
+        for number, line in _lines(args.file):
+            packer.take(number, line)
+            if len(packer.ready) >= _BATCH:
+                if not sink.write(packer.ready, args.wait):
+                    return number, len(packer.ready)
+                packer.ready = []
+            progress.update(1) if progress is not None else None
+        packer.flush()
+        return None if sink.write(packer.ready, args.wait) else (number, len(packer.ready))
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def _progress_bar(args: argparse.Namespace) -> Any:

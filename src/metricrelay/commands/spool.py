@@ -92,9 +92,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(leftovers: list[Leftover]) -> int:
+    """Executions as the records name them (a spool of `metricrelay emit` holds many),
+    each with its records and items; a spool's torn or corrupt end under its first one."""
     totals: dict[str, Outcome] = {}
     for leftover in leftovers:
-        totals.setdefault(leftover.execution_id, Outcome()).add(summarize_leftover(leftover))
+        found = summarize_leftover(leftover)
+        executions = found.executions or {leftover.execution_id: [0, 0]}
+        for execution, (records, items) in executions.items():
+            total = totals.setdefault(execution, Outcome())
+            total.records += records
+            total.items += items
+        first = totals[next(iter(executions))]
+        first.torn += found.torn
+        first.corrupt += found.corrupt
     for execution, outcome in totals.items():
         print(f"{execution}\t{outcome.records} record(s)\t{outcome.items} item(s)")
         for problem in outcome.torn:

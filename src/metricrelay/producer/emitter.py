@@ -1,4 +1,4 @@
-"""Emitter (a background thread does the I/O) and AsyncEmitter, for training code.
+"""Emitter (a background thread does the I/O), for training code; AsyncEmitter shares its core.
 
 A ``log_*`` call checks its arguments, stamps the time and appends one tuple per call to an
 in-memory queue: no network, no JSON, no lock on the common path (a deque append is atomic).
@@ -18,15 +18,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import contextlib
 import logging
-import math
 import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import orjson
 
@@ -49,11 +47,9 @@ from metricrelay.producer.points import (
 from metricrelay.producer.spool import FsyncPolicy, default_directory
 from metricrelay.producer.spool_writer import Diverter
 from metricrelay.progress import DeliveryReport
-from metricrelay.retry import RetryPolicy, until_done
 from metricrelay.settings import Settings
 
 __all__ = [
-    "AsyncEmitter",
     "BufferFull",
     "Emitter",
     "EmitterConfig",
@@ -63,6 +59,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Policy = Literal["block", "drop"]
 _METRIC_COST: Final = 96  # approximate bytes one queued metric holds, for the memory bound
 
@@ -171,8 +168,10 @@ class _Core:
         self.written_points = 0
         self.entry_ids: list[str] = []
         self._closed = False
+        self._stop = False  # the writer ends once the queue is empty
         self._last_us = 0  # the last stamp given, in microseconds since the epoch
         self._max_bytes = config.max_buffer_bytes
+        self._diverter: Diverter  # each emitter's, from _divert()
 
     def _now(self) -> int:
         """One clock read: this call's time in ns, a microsecond after the previous call's at
@@ -326,6 +325,31 @@ class _Core:
 
     # -- the writer's half --------------------------------------------------------------------
 
+    def _divert(self, redis: Any) -> Diverter:
+        """The way around Redis outages both emitters write through (issue 18): Redis, else
+        the disk spool; ``redis`` is a synchronous client, used only by the writer."""
+        config = self.config
+        return Diverter(
+            redis,
+            directory=config.spool_dir,
+            execution_id=config.execution_id,
+            max_bytes=config.spool_max_bytes,
+            fsync=config.spool_fsync,
+            on_ids=self._replayed,
+        )
+
+    @property
+    def spooled(self) -> int:
+        """Fragments waiting in the disk spool for Redis (issue 18)."""
+        return self._diverter.spooled
+
+    def _replayed(self, ids: list[str]) -> None:
+        self.entry_ids += ids
+
+    def _pause(self) -> float:
+        """How long the writer idles: briefly while the spool waits to be replayed."""
+        return 0.05 if self._diverter.spooled else self.config.flush_interval
+
     def _take(self, limit: int = 100_000) -> tuple[list[Points | Named], list[Marker]]:
         """Ops from the queue's head, about ``limit`` items at most (a call's points count
         one each), up to and including the first marker."""
@@ -352,14 +376,21 @@ class _Core:
             [data for data, _ in pack(ops, config.resource_group, config.execution_id)],
         )
 
-    def _queue_xadds(self, pipe: Any, fragments: list[bytes]) -> None:
-        for data in fragments:
-            pipe.xadd(self.config.keys.events, {"resource": data})
-
-    def _done(self, ops: list[Points | Named], ids: list[Any], markers: list[Marker]) -> None:
+    def _write_next(self) -> list[Marker] | None:
+        """Blocking (the writer's thread): the next batch to Redis, else to the spool, else
+        retried; the markers to fire now that it is safe, or None when close() gave up."""
+        ops, markers, fragments = self._next_batch()
+        # nothing logged is lost: to Redis, else to the spool, else retried; the memory
+        # buffer half full means Redis is slower than the training: spool
+        where, ids = self._diverter.deliver(
+            [(self.config.keys.events, data) for data in fragments],
+            pressure=2 * (self._queued_bytes - self._written_bytes) > self._max_bytes,
+            stop=lambda: self._stop and self._closed,
+        )
+        if where == "stopped":
+            return None  # close() gave up waiting; it logged what is left
         self._account(ops, [i.decode() for i in ids])
-        for marker in markers:
-            marker.callback()
+        return markers
 
     def _account(self, ops: list[Points | Named], ids: list[str]) -> None:
         points = named = 0
@@ -373,14 +404,26 @@ class _Core:
         self.entry_ids += ids
         self._space.set()
 
+    # -- closing ------------------------------------------------------------------------------
 
-# The Emitter's writes: soon after a blip, then at most every 2 s (retry.py's loop).
-_WRITE_BACKOFF: Final = RetryPolicy(base=0.05, cap=2.0, budget=math.inf, retry_after_cap=0.0)
+    def _unwritten(self) -> None:
+        log.error("closing with %d operations not written to Redis", len(self._queue))
 
-
-def _always(error: BaseException) -> bool:
-    """Every write error is retried: giving up would lose logged points (issue 18 adds a spool)."""
-    return True
+    def _closed_down(self, writer_done: bool) -> None:
+        """After the writer stopped: give the spool up (unless the writer still holds it) and
+        say what is left on disk and what was dropped."""
+        if writer_done:
+            left, where = self._diverter.close()
+            if left:
+                log.warning(
+                    "Redis unreachable: %d fragments left in the spool %s; a later Emitter of "
+                    "execution %s or `metricrelay spool replay` sends them",
+                    left,
+                    where,
+                    self.config.execution_id,
+                )
+        if self.dropped:
+            log.warning("the emitter dropped %d points (buffer full, policy drop)", self.dropped)
 
 
 def _exit_on_sigterm() -> None:
@@ -409,17 +452,8 @@ class Emitter(_Core):
         self._redis = sync_client(
             self.config.redis_url, cluster=self.config.cluster, timeout=self.config.redis_timeout
         )
-        config = self.config
-        self._diverter = Diverter(
-            self._redis,
-            directory=config.spool_dir,
-            execution_id=config.execution_id,
-            max_bytes=config.spool_max_bytes,
-            fsync=config.spool_fsync,
-            on_ids=self._replayed,
-        )
+        self._diverter = self._divert(self._redis)
         self._wakeup = threading.Event()
-        self._stop = False
         self._thread = threading.Thread(target=self._run, name="metricrelay-emitter", daemon=True)
         self._thread.start()
         atexit.register(self.close, timeout=10.0)
@@ -434,14 +468,6 @@ class Emitter(_Core):
 
     def _wake(self) -> None:
         self._wakeup.set()
-
-    @property
-    def spooled(self) -> int:
-        """Fragments waiting in the disk spool for Redis (issue 18)."""
-        return self._diverter.spooled
-
-    def _replayed(self, ids: list[str]) -> None:
-        self.entry_ids += ids
 
     def flush(
         self, timeout: float | None = None, *, wait_delivered: bool = False
@@ -476,48 +502,26 @@ class Emitter(_Core):
             if self.spooled and self._diverter.redis_up:  # Redis is back: time to replay
                 self._diverter.drained.wait(_left(started, timeout))
         except TimeoutError:
-            log.error("closing with %d operations not written to Redis", len(self._queue))
+            self._unwritten()
         finally:
             self._closed = True
             self._stop = True
             self._wake()
             self._thread.join(timeout=5)
-            if not self._thread.is_alive():  # else the writer still holds the spool
-                self._close_spool()
-            if self.dropped:
-                log.warning(
-                    "the emitter dropped %d points (buffer full, policy drop)", self.dropped
-                )
-
-    def _close_spool(self) -> None:
-        left, where = self._diverter.close()
-        if left:
-            log.warning(
-                "Redis unreachable: %d fragments left in the spool %s; a later Emitter of "
-                "execution %s or `metricrelay spool replay` sends them",
-                left,
-                where,
-                self.config.execution_id,
-            )
+            self._closed_down(writer_done=not self._thread.is_alive())
 
     def _run(self) -> None:
-        diverter, key = self._diverter, self.config.keys.events
+        diverter = self._diverter
         while not self._stop or self._queue:
-            self._wakeup.wait(0.05 if diverter.spooled else self.config.flush_interval)
+            self._wakeup.wait(self._pause())
             self._wakeup.clear()
             diverter.drain()  # the spool (and dead processes' leftovers) before anything new
             while self._queue:
-                ops, markers, fragments = self._next_batch()
-                # nothing logged is lost: to Redis, else to the spool, else retried; the memory
-                # buffer half full means Redis is slower than the training: spool
-                where, ids = diverter.deliver(
-                    [(key, data) for data in fragments],
-                    pressure=2 * (self._queued_bytes - self._written_bytes) > self._max_bytes,
-                    stop=lambda: self._stop and self._closed,
-                )
-                if where == "stopped":
-                    return  # close() gave up waiting; it logged what is left
-                self._done(ops, ids, markers)
+                markers = self._write_next()
+                if markers is None:
+                    return
+                for marker in markers:
+                    marker.callback()
                 diverter.drain()
 
 
@@ -545,78 +549,3 @@ def wait_delivered_sync(
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metricrelay-wait") as pool:
         return pool.submit(asyncio.run, check()).result()
-
-
-class AsyncEmitter(_Core):
-    """For asyncio training loops: ``log_*`` are plain calls; a task writes."""
-
-    def __init__(self, execution_id: str | None = None, **options: Any) -> None:
-        super().__init__(EmitterConfig(execution_id, **options))
-        self._redis = async_client(
-            self.config.redis_url, cluster=self.config.cluster, timeout=self.config.redis_timeout
-        )
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> AsyncEmitter:
-        self._task = asyncio.create_task(self._run(), name="metricrelay-async-emitter")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def _wake(self) -> None:
-        self._wakeup.set()
-
-    async def flush(
-        self, timeout: float | None = None, *, wait_delivered: bool = False
-    ) -> DeliveryReport | None:
-        started = time.monotonic()
-        done = asyncio.Event()
-        self._queue.append(Marker(done.set))
-        self._wake()
-        async with asyncio.timeout(timeout):
-            await done.wait()
-        if not wait_delivered:
-            return None
-        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-        config = self.config
-        return await progress.wait_delivered(
-            self._redis,
-            config.keys,
-            config.resource_group,
-            config.execution_id,
-            list(self.entry_ids),
-            timeout=left,
-        )
-
-    async def close(self, timeout: float = 30.0) -> None:
-        if self._closed:
-            return
-        try:
-            await self.flush(timeout)
-        finally:
-            self._closed = True
-            if self._task is not None:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
-            await self._redis.aclose()
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.flush_interval):
-                    await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                ops, markers, fragments = self._next_batch()
-
-                async def write(fragments: list[bytes] = fragments) -> list[Any]:
-                    pipe = self._redis.pipeline(transaction=False)
-                    self._queue_xadds(pipe, fragments)
-                    return list(await pipe.execute()) if fragments else []
-
-                ids = await until_done(
-                    write, "writing to Redis", retry_on=_always, policy=_WRITE_BACKOFF
-                )
-                self._done(ops, ids, markers)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 import orjson
 
 from metricrelay.producer.spool import commit_path, lock_path
@@ -58,6 +59,9 @@ class Outcome:
     ids: list[str] = field(default_factory=list)
     torn: list[str] = field(default_factory=list)  # "path: N bytes" of skipped torn tails
     corrupt: list[str] = field(default_factory=list)  # spools a corrupt record stopped
+    # executionId → [records, items], as the records say (a dry run's listing): an Emitter's
+    # spool holds one execution, that of `metricrelay emit` any number
+    executions: dict[str, list[int]] = field(default_factory=dict)
 
     def add(self, other: Outcome) -> None:
         self.records += other.records
@@ -65,6 +69,13 @@ class Outcome:
         self.ids += other.ids
         self.torn += other.torn
         self.corrupt += other.corrupt
+        for execution, (records, items) in other.executions.items():
+            self.count(execution, records, items)
+
+    def count(self, execution: str, records: int, items: int) -> None:
+        counts = self.executions.setdefault(execution, [0, 0])
+        counts[0] += records
+        counts[1] += items
 
 
 def find_leftovers(directory: Path, execution_id: str | None = None) -> list[Leftover]:
@@ -106,12 +117,37 @@ def claim(leftover: Leftover) -> Iterator[bool]:
         os.close(fd)
 
 
-def _items(data: bytes) -> int:
+class _Sections(msgspec.Struct):
+    """What a replay reports of a record: the items are counted, not decoded."""
+
+    executionId: Any = None  # noqa: N815 (the wire's name)
+    metrics: list[msgspec.Raw] | None = None
+    tags: list[msgspec.Raw] | None = None
+    customInfo: list[msgspec.Raw] | None = None  # noqa: N815
+
+
+_SECTIONS: Final = msgspec.json.Decoder(_Sections)
+
+
+def _described(data: bytes) -> tuple[str | None, int]:
+    """A fragment's executionId (None if it has none) and its metrics, tags and customInfo."""
+    try:
+        found = _SECTIONS.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):  # not what a packer writes
+        return _described_slowly(data)
+    execution = found.executionId
+    items = sum(len(part or ()) for part in (found.metrics, found.tags, found.customInfo))
+    return (execution if isinstance(execution, str) else None), items
+
+
+def _described_slowly(data: bytes) -> tuple[str | None, int]:
     with contextlib.suppress(orjson.JSONDecodeError):
         fragment = orjson.loads(data)
         if isinstance(fragment, dict):
-            return sum(len(fragment.get(k) or ()) for k in ("metrics", "tags", "customInfo"))
-    return 0
+            execution = fragment.get("executionId")
+            items = sum(len(fragment.get(k) or ()) for k in ("metrics", "tags", "customInfo"))
+            return (execution if isinstance(execution, str) else None), items
+    return None, 0
 
 
 def _chunks(leftover: Leftover, outcome: Outcome) -> Iterator[tuple[int, Path, list[Record]]]:
@@ -138,8 +174,11 @@ def summarize(leftover: Leftover) -> Outcome:
     """What a replay would send, without sending (``--dry-run``)."""
     outcome = Outcome()
     for _, _, chunk in _chunks(leftover, outcome):
-        outcome.records += len(chunk)
-        outcome.items += sum(_items(record.data) for record in chunk)
+        for record in chunk:
+            execution, items = _described(record.data)
+            outcome.records += 1
+            outcome.items += items
+            outcome.count(execution or leftover.execution_id, 1, items)
     return outcome
 
 
@@ -165,7 +204,7 @@ def replay(
             mark.flush()
             os.fsync(mark.fileno())
         outcome.records += len(chunk)
-        outcome.items += sum(_items(record.data) for record in chunk)
+        outcome.items += sum(_described(record.data)[1] for record in chunk)
         outcome.ids += [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
         if progress is not None:
             progress(len(chunk))
