@@ -33,7 +33,6 @@ class CustomBuildHook(BuildHookInterface):  # type: ignore[misc]
             "-fPIC",
             "-O2",
             "-Wall",
-            "-Werror",
             "-I",
             sysconfig.get_paths()["include"],
             str(root / SOURCE),
