@@ -192,26 +192,37 @@ def print_table(result: dict[str, Any]) -> None:
     )
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench producer", description=__doc__)
+def sized_args(argv: list[str], name: str, doc: str | None, results: Path) -> argparse.Namespace:
+    """``--tiny``/``--runs``/``--steps``/``--out`` of a W1 harness (this one, bench/spool.py);
+    ``size`` holds the Size chosen."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench {name}", description=doc)
     parser.add_argument("--tiny", action="store_true", help="smoke size: one short run")
-    parser.add_argument("--runs", type=int, help="runs (default 5)")
-    parser.add_argument("--steps", type=int, help="steps per run (default 400)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--runs", type=int, help=f"runs (default {FULL.runs})")
+    parser.add_argument("--steps", type=int, help=f"steps per run (default {FULL.steps})")
+    parser.add_argument("--out", type=Path, default=results)
     args = parser.parse_args(argv)
     size = TINY if args.tiny else FULL
-    size = Size(runs=args.runs or size.runs, steps=args.steps or size.steps)
-    result = measure(size)
-    print_table(result)
+    args.size = Size(runs=args.runs or size.runs, steps=args.steps or size.steps)
+    return args
+
+
+def write_result(out: Path, size: Size, result: dict[str, Any]) -> None:
     machine = {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "runs": size.runs,
         "steps": size.steps,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, **result}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, **result}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def main(argv: list[str]) -> int:
+    args = sized_args(argv, "producer", __doc__, RESULTS)
+    result = measure(args.size)
+    print_table(result)
+    write_result(args.out, args.size, result)
     return 0
 
 

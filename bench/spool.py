@@ -26,11 +26,8 @@ Run: ``python -m bench spool [--tiny] [--runs N] [--steps N] [--out FILE]``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -45,9 +42,11 @@ from bench.producer import (
     Size,
     deque_run,
     points_in,
+    sized_args,
     spread,
     timed_loop,
     value_pool,
+    write_result,
 )
 from bench.workloads import NAMES
 from metricrelay import Emitter
@@ -58,8 +57,6 @@ from metricrelay.producer.spool import FsyncPolicy
 from metricrelay.producer.spool_replay import Outcome, claim, find_leftovers, replay
 
 RESULTS = Path(__file__).parent / "results" / "spool.json"
-FULL = Size(runs=5, steps=400)
-TINY = Size(runs=1, steps=4)
 PATIENCE_S = 300.0  # the longest any phase waits: the harness stops by itself
 
 
@@ -309,25 +306,10 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench spool", description=__doc__)
-    parser.add_argument("--tiny", action="store_true", help="smoke size: one short run")
-    parser.add_argument("--runs", type=int, help="runs (default 5)")
-    parser.add_argument("--steps", type=int, help="steps per run (default 400)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    size = TINY if args.tiny else FULL
-    size = Size(runs=args.runs or size.runs, steps=args.steps or size.steps)
-    result = measure(size)
+    args = sized_args(argv, "spool", __doc__, RESULTS)
+    result = measure(args.size)
     print_table(result)
-    machine = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "runs": size.runs,
-        "steps": size.steps,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, **result}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, args.size, result)
     return 0 if result["every_point_arrived"] else 1
 
 

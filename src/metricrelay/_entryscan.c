@@ -115,6 +115,19 @@ static int metric_name_ok(const Text *t)
     return 0;
 }
 
+/* The end of a JSON number's integer part starting at q (no sign): "0" or a digit run not
+ * starting with 0; NULL when there is none. */
+static const unsigned char *integer_part(const unsigned char *q, const unsigned char *end)
+{
+    if (q < end && *q == '0')
+        return q + 1;
+    if (q >= end || *q < '1' || *q > '9')
+        return NULL;
+    while (q < end && is_digit(*q))
+        q++;
+    return q;
+}
+
 /* A JSON number that is a finite double. */
 static int finite_number(Cursor *c)
 {
@@ -124,12 +137,7 @@ static int finite_number(Cursor *c)
     if (q < end && *q == '-')
         q++;
     const unsigned char *integer = q;
-    if (q < end && *q == '0')
-        q++;
-    else if (q < end && *q >= '1' && *q <= '9')
-        while (q < end && is_digit(*q))
-            q++;
-    else
+    if ((q = integer_part(q, end)) == NULL)
         return 0;
     Py_ssize_t integer_digits = q - integer;
     if (q < end && *q == '.') {
@@ -174,13 +182,8 @@ static int step_number(Cursor *c)
 {
     static const char largest[] = "9223372036854775807";
     skip_ws(c);
-    const unsigned char *start = c->p, *q = c->p, *end = c->end;
-    if (q < end && *q == '0')
-        q++;
-    else if (q < end && *q >= '1' && *q <= '9')
-        while (q < end && is_digit(*q))
-            q++;
-    else
+    const unsigned char *start = c->p, *end = c->end, *q = integer_part(start, end);
+    if (q == NULL)
         return 0;
     if (q < end && (*q == '.' || *q == 'e' || *q == 'E'))
         return 0;
