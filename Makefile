@@ -15,8 +15,19 @@ $(STAMP): pyproject.toml hatch_build.py src/metricrelay/_entryscan.c
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) $(BIN)/promtool
 	$(BIN)/python -m pytest -q
+
+# promtool checks the alerting rules (tests/observability). Taken from PATH, else from Debian's
+# prometheus package, unpacked into the venv: nothing installed system-wide, no server started.
+# Where neither is possible those two tests say why they skip.
+$(BIN)/promtool: | $(STAMP)
+	@if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $@; \
+	elif command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then \
+		dir=$$(mktemp -d) && (cd $$dir && apt-get download -q prometheus >/dev/null 2>&1) \
+		&& dpkg-deb -x $$dir/prometheus_*.deb $$dir/x && cp $$dir/x/usr/bin/promtool $@; \
+		rm -rf $$dir; test -x $@ || echo "promtool: could not be fetched from Debian's prometheus package"; \
+	else echo "promtool: not on PATH and no apt-get here (Debian: the prometheus package)"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench hatch_build.py

@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +37,11 @@ DASHBOARD = ROOT / "deploy/grafana/metricrelay.json"
 RULES = ROOT / "deploy/prometheus/metricrelay-rules.yml"
 RULE_TESTS = ROOT / "deploy/prometheus/metricrelay-rules.test.yml"
 PROMETHEUS_RULE = ROOT / "deploy/k8s/monitoring/prometheusrule.yaml"
-PROMTOOL = shutil.which("promtool")
-NO_PROMTOOL = "promtool is not installed (Debian: apt-get install prometheus)"
+# `make test` puts Debian's promtool beside the interpreter (see the Makefile); else from PATH.
+PROMTOOL = shutil.which("promtool", path=str(Path(sys.executable).parent)) or shutil.which(
+    "promtool"
+)
+NO_PROMTOOL = "no promtool (make test fetches it where apt-get is; Debian: prometheus)"
 
 # Words of PromQL that look like metric names but are not (functions are recognised by the
 # parenthesis that follows them).
