@@ -49,7 +49,11 @@ def register(subparsers: Any) -> None:
         metavar="DIR",
         help="the spool directory (default: METRICRELAY_SPOOL_DIR, else the per-user cache)",
     )
-    again.add_argument("--execution", help="only the spools of this executionId")
+    again.add_argument(
+        "--execution",
+        help="only the spools of this executionId's Emitters (a 'metricrelay emit' spool holds "
+        "many executions and is replayed whole, without --execution)",
+    )
     again.add_argument(
         "--dry-run", action="store_true", help="list executions, records and items; send nothing"
     )
