@@ -17,13 +17,12 @@ import pytest
 from bench import workloads
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.entries import STAMP, entry, metric
 
 from metricrelay import wholeentry
 from metricrelay._entryscan import scan  # built by hatch_build.py at install
 from metricrelay.codec import decode_entry
 from metricrelay.wholeentry import items_of
-
-STAMP = "2026-12-01T12:00:00.123456Z"
 
 
 def judged(raw: bytes) -> tuple[str, str, list[Any]] | None:
@@ -67,10 +66,10 @@ def test_the_native_recogniser_is_built() -> None:
 
 @pytest.mark.parametrize("make", [workloads.w1, workloads.w2, workloads.w3])
 def test_it_takes_every_realistic_entry_and_gives_the_msgspec_pass_result(make: Any) -> None:
-    for entry in make("scan", 400):
-        assert agrees(entry.data)
+    for made in make("scan", 400):
+        assert agrees(made.data)
         # the two fast passes agree exactly (bytes of the run included)
-        assert wholeentry.read_checked(entry.data) == (*scan(entry.data), [], [])  # type: ignore[misc]
+        assert wholeentry.read_checked(made.data) == (*scan(made.data), [], [])  # type: ignore[misc]
 
 
 def test_python_json_dumps_spacing_is_taken() -> None:
@@ -78,16 +77,6 @@ def test_python_json_dumps_spacing_is_taken() -> None:
     point["labels"] = [{"name": "rank", "value": "0"}]
     raw = json.dumps({"executionId": "exec-1", "metrics": [point, point]}, indent=1).encode()
     assert agrees(raw)
-
-
-def metric(**fields: Any) -> dict[str, Any]:
-    item: dict[str, Any] = {"name": "loss", "value": 0.5, "timestamp": STAMP, "step": 1}
-    item.update(fields)
-    return {k: v for k, v in item.items() if v is not ...}
-
-
-def entry(*items: dict[str, Any], **top: Any) -> bytes:
-    return orjson.dumps({"executionId": "exec-1", "metrics": list(items), **top})
 
 
 @pytest.mark.parametrize(
@@ -116,7 +105,7 @@ def entry(*items: dict[str, Any], **top: Any) -> bytes:
         ),
         entry(metric(), metric()).replace(b"},{", b"}{"),
         entry(metric()) + b"x",
-        entry(metric()).replace(b'"step":1', b'"step":1,"step":2'),
+        entry(metric(step=1)).replace(b'"step":1', b'"step":1,"step":2'),
         entry(metric()).replace(b'"exec-1"', b'"exec-1","executionId":"exec-2"'),
         entry(),
         entry(metric(), resourceGroup=None),

@@ -17,13 +17,12 @@ import pytest
 from bench import workloads  # the realistic shapes live with the benchmarks
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.entries import STAMP, entry, metric
 
 from metricrelay.codec import EncodedFragment, decode_entry, whole_fragment
 from metricrelay.relay.batching import Body, Coalescer, Limits
 from metricrelay.relay.filling import top_up
 from metricrelay.wholeentry import items_of, read_checked
-
-STAMP = "2026-12-01T12:00:00.123456Z"
 
 
 def slow(raw: bytes) -> EncodedFragment:
@@ -75,19 +74,8 @@ def same_items(raw: bytes, path: Callable[[bytes], EncodedFragment | None] = fas
 def test_realistic_entries_travel_whole_with_the_items_codec_would_give(
     entries: list[workloads.Entry],
 ) -> None:
-    for entry in entries:
-        same_items(entry.data)
-
-
-def metric(**changes: Any) -> dict[str, Any]:
-    item: dict[str, Any] = {"name": "loss", "value": 0.5, "timestamp": STAMP, "step": 3}
-    item["labels"] = [{"name": "rank", "value": "0"}]
-    item.update(changes)
-    return {key: value for key, value in item.items() if value is not ...}
-
-
-def entry(*metrics: dict[str, Any], **top: Any) -> bytes:
-    return orjson.dumps({"executionId": "exec-1", "metrics": list(metrics), **top})
+    for made in entries:
+        same_items(made.data)
 
 
 @pytest.mark.parametrize(
