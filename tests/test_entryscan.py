@@ -22,6 +22,7 @@ from tests.support.entries import STAMP, entry, metric
 from metricrelay import wholeentry
 from metricrelay._entryscan import scan  # built by hatch_build.py at install
 from metricrelay.codec import decode_entry
+from metricrelay.models import MAX_LABELS, MAX_NAME_CHARS
 from metricrelay.wholeentry import items_of
 
 
@@ -122,6 +123,17 @@ def test_the_largest_step_and_the_edges_of_a_real_date_are_taken() -> None:
     assert agrees(entry(metric(labels=[{"name": f"l{i}", "value": "v"} for i in range(20)])))
     big = entry(metric(name="x" * 256, value=1)).replace(b'"value":1', b'"value":' + b"9" * 300)
     assert agrees(big)  # 300 digits: finite without a conversion
+
+
+def test_its_limits_are_the_models_limits() -> None:
+    """_entryscan.c repeats MAX_NAME_CHARS and MAX_LABELS: at each limit taken, one past it not."""
+    longest = "x" * MAX_NAME_CHARS
+    assert agrees(entry(metric(name=longest, labels=[{"name": longest, "value": longest}])))
+    assert scan(entry(metric(name=longest + "x"))) is None
+    assert scan(entry(metric(labels=[{"name": "rank", "value": longest + "x"}]))) is None
+    most = [{"name": f"l{i}", "value": "v"} for i in range(MAX_LABELS)]
+    assert agrees(entry(metric(labels=most)))
+    assert scan(entry(metric(labels=[*most, {"name": "one", "value": "more"}]))) is None
 
 
 _ALPHABET = b'{}[],:"\\ 0123456789.eE+-aZ/_\x00\x7f\xc3\xa9tfnul'
