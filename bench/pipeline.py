@@ -55,10 +55,10 @@ def timed(work: Callable[[], object]) -> float:
         gc.enable()
 
 
-Path_ = Literal["pydantic", "msgspec", "intake"]
+DecodePath = Literal["pydantic", "msgspec", "intake"]
 
 
-def decode_all(entries: list[bytes], *, path: Path_) -> list[EncodedFragment]:
+def decode_all(entries: list[bytes], *, path: DecodePath) -> list[EncodedFragment]:
     """Each entry as the worker's intake makes it (``intake``: the native pass, else msgspec's,
     else codec.py's), with msgspec's pass alone before codec.py, or through codec.py alone."""
     out: list[EncodedFragment] = []

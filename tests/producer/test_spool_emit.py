@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
+from tests.support.cli import run_cli
 from tests.support.streams import stream_steps
 from tests.support.waiting import until_sync
 
@@ -22,17 +23,6 @@ from metricrelay.keys import Keys
 pytestmark = pytest.mark.integration
 
 KEYS = Keys()
-
-
-def cli(*argv: str, given: bytes = b"") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "metricrelay", *argv],
-        input=given.decode(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def points(execution: str, steps: range) -> bytes:
@@ -63,21 +53,23 @@ def test_redis_down_spools_exits_3_and_spool_replay_delivers_every_point_in_orde
     spool = tmp_path / "spool"
     down = f"redis://127.0.0.1:{free_port()}/0"
     lines = points("run-emit-a", range(2500)) + points("run-emit-b", range(1250))
-    done = cli("emit", "--redis-url", down, "--spool-dir", str(spool), "--wait", "0.5", given=lines)
+    done = run_cli(
+        "emit", "--redis-url", down, "--spool-dir", str(spool), "--wait", "0.5", given=lines
+    )
     assert done.returncode == EXIT_SPOOLED == 3, done.stderr
     assert f"5 entries wait in the spool in {spool}" in done.stderr
     assert "metricrelay spool replay" in done.stderr
     [segment] = spool.glob("*.spool")
     assert re.fullmatch(r"emit@\d+\.00000000\.spool", segment.name)
 
-    listed = cli("spool", "replay", str(spool), "--dry-run")  # executions, from the records
+    listed = run_cli("spool", "replay", str(spool), "--dry-run")  # executions, from the records
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines() == [
         "run-emit-a\t3 record(s)\t2500 item(s)",
         "run-emit-b\t2 record(s)\t1250 item(s)",
     ]
     with RedisServer() as server:
-        replayed = cli("spool", "replay", str(spool), "--redis-url", server.url)
+        replayed = run_cli("spool", "replay", str(spool), "--redis-url", server.url)
         assert replayed.returncode == 0, replayed.stderr
         assert stream_steps(server.url, "run-emit-a") == list(range(2500))
         assert stream_steps(server.url, "run-emit-b") == list(range(1250))
@@ -88,12 +80,12 @@ def test_the_next_emit_sends_what_an_earlier_one_left_before_its_own(tmp_path: P
     spool = tmp_path / "spool"
     with RedisServer() as server:
         down = f"redis://127.0.0.1:{free_port()}/0"
-        first = cli(
+        first = run_cli(
             "emit", "--redis-url", down, "--spool-dir", str(spool), "--wait", "0",
             given=points("run-emit-next", range(1500)),
         )  # fmt: skip
         assert first.returncode == EXIT_SPOOLED, first.stderr
-        second = cli(
+        second = run_cli(
             "emit", "--redis-url", server.url, "--spool-dir", str(spool),
             given=points("run-emit-next", range(1500, 2000)),
         )  # fmt: skip

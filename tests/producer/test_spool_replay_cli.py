@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
+from tests.support.cli import run_cli
 
 from metricrelay.devtools.embedded import RedisServer, free_port
 from metricrelay.keys import Keys
@@ -34,16 +35,6 @@ while True:
     print(step, flush=True)
     step += 1
 """
-
-
-def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "metricrelay", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def stream_steps(client: redis.Redis, key: str) -> list[int]:
@@ -72,7 +63,7 @@ def test_a_killed_producers_spool_is_replayed_in_order(tmp_path: Path) -> None:
     with segments[-1].open("ab") as file:
         file.write(encode_record(key, b'{"executionId": "torn"}')[:-3])
 
-    listed = cli("spool", "replay", str(tmp_path), "--dry-run")
+    listed = run_cli("spool", "replay", str(tmp_path), "--dry-run")
     assert listed.returncode == 0, listed.stderr
     [line, torn] = listed.stdout.splitlines()
     execution, records, _ = line.split("\t")
@@ -80,7 +71,7 @@ def test_a_killed_producers_spool_is_replayed_in_order(tmp_path: Path) -> None:
     assert "torn last record" in torn
 
     with RedisServer() as server:
-        done = cli("spool", "replay", str(tmp_path), "--redis-url", server.url)
+        done = run_cli("spool", "replay", str(tmp_path), "--redis-url", server.url)
         assert done.returncode == 0, done.stderr
         assert "skipped a torn last record" in done.stderr
         got = stream_steps(redis.Redis.from_url(server.url), key)
@@ -95,7 +86,7 @@ def test_replay_fails_while_redis_is_down_and_keeps_the_spool(tmp_path: Path) ->
     spool.append([("metricrelay:events", b'{"executionId": "exec-killed"}')])
     spool.close()
     url = f"redis://127.0.0.1:{free_port()}/0"
-    done = cli("spool", "replay", str(tmp_path), "--redis-url", url, "--timeout", "2")
+    done = run_cli("spool", "replay", str(tmp_path), "--redis-url", url, "--timeout", "2")
     assert done.returncode == 1
     assert "cannot replay" in done.stderr
     assert len(list(tmp_path.glob("*.spool"))) == 1

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
-import orjson
 
 from metricrelay.producer.spool import commit_path, lock_path
 from metricrelay.producer.spool_format import Commit, Record, Scan, decode_commit, encode_commit
@@ -130,24 +129,15 @@ _SECTIONS: Final = msgspec.json.Decoder(_Sections)
 
 
 def _described(data: bytes) -> tuple[str | None, int]:
-    """A fragment's executionId (None if it has none) and its metrics, tags and customInfo."""
+    """A fragment's executionId (None if it has none) and its metrics, tags and customInfo
+    (0 for what is not a fragment: records are checksummed, so only a foreign writer's)."""
     try:
         found = _SECTIONS.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError):  # not what a packer writes
-        return _described_slowly(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None, 0
     execution = found.executionId
     items = sum(len(part or ()) for part in (found.metrics, found.tags, found.customInfo))
     return (execution if isinstance(execution, str) else None), items
-
-
-def _described_slowly(data: bytes) -> tuple[str | None, int]:
-    with contextlib.suppress(orjson.JSONDecodeError):
-        fragment = orjson.loads(data)
-        if isinstance(fragment, dict):
-            execution = fragment.get("executionId")
-            items = sum(len(fragment.get(k) or ()) for k in ("metrics", "tags", "customInfo"))
-            return (execution if isinstance(execution, str) else None), items
-    return None, 0
 
 
 def _chunks(leftover: Leftover, outcome: Outcome) -> Iterator[tuple[int, Path, list[Record]]]:
