@@ -138,6 +138,12 @@ class AsyncEmitter(_Core):
             self._drained.clear()
         return result
 
+    async def _drain(self) -> None:
+        """The Diverter's catching up, in a thread; no thread at all while it is not behind
+        (the usual case: one hop per batch saved)."""
+        if self._diverter.behind:
+            await self._off_loop(self._diverter.drain)
+
     async def _run(self) -> None:
         try:
             while not self._stop or self._queue:
@@ -145,14 +151,14 @@ class AsyncEmitter(_Core):
                     async with asyncio.timeout(self._pause()):
                         await self._wakeup.wait()
                 self._wakeup.clear()
-                await self._off_loop(self._diverter.drain)  # leftovers and the spool first
+                await self._drain()  # leftovers and the spool first
                 while self._queue:
                     markers = await self._off_loop(self._write_next)
                     if markers is None:
                         return
                     for marker in markers:
                         marker.callback()
-                    await self._off_loop(self._diverter.drain)
+                    await self._drain()
         except asyncio.CancelledError:
             # the loop goes away (never closed, or close() gave up): a write still retrying
             # in its thread must end too, or the loop's shutdown would wait for it for ever

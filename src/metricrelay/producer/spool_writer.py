@@ -71,6 +71,11 @@ class Diverter:
         return spool.pending if spool is not None else 0
 
     @property
+    def behind(self) -> bool:
+        """Something for :meth:`drain`: leftovers still to look for, or records on disk."""
+        return self._leftovers or bool(self.spooled)
+
+    @property
     def location(self) -> Path:
         return self._directory
 
@@ -142,7 +147,7 @@ class Diverter:
 
     def drain(self) -> None:
         """Replay leftovers of dead processes, then some of the spool, if Redis may be tried."""
-        if self._clock() < self._retry_at or not (self._leftovers or self.spooled):
+        if self._clock() < self._retry_at or not self.behind:
             return
         try:
             if self._leftovers:
