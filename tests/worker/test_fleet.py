@@ -350,3 +350,22 @@ async def test_a_shard_worker_that_crashes_is_started_again(
     assert crashes and fleet.stats["crashes"] == 1
     assert sorted(steps_by_execution(scripted_api)["exec-0001"]) == list(range(50))
     assert fleet.held_bytes == 0
+
+
+async def test_a_burst_fleet_ends_with_its_last_shard_not_a_tick_later(
+    redis_server: RedisServer, redis_client: redis_asyncio.Redis, scripted_api: Any
+) -> None:
+    """The fleet's loop turns as soon as a shard worker ends, not at its next tick (a quarter of
+    the lease TTL): the lease is released and a burst run ends with its work. The tick here is
+    150 s; the run is given 60."""
+    pipe = redis_client.pipeline(transaction=False)
+    for step in range(50):
+        pipe.xadd(ONE.events, {"resource": fragment("exec-0001", step)})
+    await pipe.execute()
+    settings = worker_settings(redis_server.url, scripted_api.url, lease_ttl=600.0)
+    async with AsyncExitStack() as stack:
+        fleet = await open_worker(settings, stack)
+        assert isinstance(fleet, Fleet) and fleet.tick == 150.0
+        await asyncio.wait_for(fleet.run(asyncio.Event(), burst=True), 60)
+    assert steps_by_execution(scripted_api)["exec-0001"] == list(range(50))
+    assert not fleet.owned and fleet.held_bytes == 0

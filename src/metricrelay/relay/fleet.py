@@ -27,6 +27,7 @@ from metricrelay.keys import ShardKeys
 from metricrelay.relay.entries import MemoryBudget
 from metricrelay.relay.leases import Leases
 from metricrelay.relay.stream import GroupInfo, read_group_info
+from metricrelay.relay.tasks import wait_any
 from metricrelay.relay.worker import Worker
 from metricrelay.retry import FullWatch, redis_transient
 
@@ -108,6 +109,7 @@ class Fleet:
         self._workers = 1  # live workers at the last beat that got through
         self.full = FullWatch(clock)  # the fleet's own calls (leases, beats)
         self._offset = zlib.crc32(leases.me.encode())  # workers search from different shards
+        self._ended = asyncio.Event()  # a shard worker ended: rebalance now, not after a tick
 
     # ------------------------------------------------------------------ what observers read
 
@@ -165,6 +167,7 @@ class Fleet:
         self._burst = burst
         try:
             while not stop.is_set() and self.fatal is None:
+                self._ended.clear()  # set again by a shard worker ending from here on
                 try:
                     await self._rebalance(burst)
                     if burst and not self.owned and await self._all_empty():
@@ -175,9 +178,7 @@ class Fleet:
                         raise
                     self._redis_failed(exc, "balancing shards")
                     await self._expire_unrenewed()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.tick):
-                        await stop.wait()
+                await wait_any((stop, self._ended), self.tick)
         finally:
             await self._stop_all()
         if self.fatal is not None:
@@ -243,6 +244,9 @@ class Fleet:
         # A burst fleet's shard workers stop once their shard is empty; the fleet takes the
         # shard again if more arrives before every shard is empty.
         await worker.run(stop, burst=self._burst)
+        # Ended cleanly: its lease is released at once. A crash is seen at the next tick, so a
+        # shard worker that crashes again and again is not restarted in a tight loop.
+        self._ended.set()
 
     async def _renew(self) -> None:
         now = self.clock()
