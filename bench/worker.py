@@ -8,7 +8,9 @@ rusage at exit), so interpreter start-up is excluded. Scenarios:
 
 - W1 (Emitter-shaped entries), W2 (one point per entry), W3 (200 points per entry) and W4 (W2 and
   W3 mixed with tag changes, customInfo and invalid items), each with every point timestamped to
-  the microsecond and labelled by rank;
+  the microsecond and labelled by rank; each against the reference API (``metricrelay api``,
+  whose CPU per point bounds the rate on this machine) and again against a sink that only counts
+  (bench/sink.py: 204 to every request), where the worker runs at its own speed;
 - next to each, in the same run, the bare loop over the very same entries, read through a second
   consumer group: asyncio redis-py (hiredis) XREADGROUP COUNT 1000 + ``orjson.loads`` + XACK —
   its CPU per point and the worker's over it;
@@ -61,6 +63,7 @@ from metricrelay.keys import Keys
 
 RESULTS = Path(__file__).parent / "results" / "worker.json"
 TOKEN = "bench-token"
+SINK = "sink"  # api_process(SINK): bench/sink.py in place of the reference API
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 STARTED = re.compile(r"worker \S+ sharing ")
 KEYS = Keys()
@@ -125,9 +128,14 @@ class Api:
 
 @contextmanager
 def api_process(*extra: str) -> Iterator[Api]:
-    """``metricrelay api`` (in-memory SQLite) on a free loopback port, with its pid."""
-    command = [sys.executable, "-m", "metricrelay", "api", "--port", "0", "--token", TOKEN]
-    process = subprocess.Popen([*command, *extra], stderr=subprocess.PIPE, text=True)
+    """``metricrelay api`` (in-memory SQLite) on a free loopback port, with its pid; with
+    ``extra == (SINK,)`` the sink that only counts (bench/sink.py) instead."""
+    if extra == (SINK,):
+        command = [sys.executable, "-m", "bench.sink", "--port", "0"]
+    else:
+        command = [sys.executable, "-m", "metricrelay", "api", "--port", "0", "--token", TOKEN]
+        command += extra
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_drain_lines, args=(process.stderr, lines), daemon=True).start()
     try:
@@ -492,19 +500,15 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def measure(sizes: Sizes) -> dict[str, Any]:
-    out: dict[str, Any] = {"workloads": {}}
+    out: dict[str, Any] = {}
     with RedisServer() as server:
-        for workload in WORKLOADS:
-            print(f"{workload} ...", flush=True)
-            rows = throughput(server, sizes, workload)
-            out["workloads"][workload] = {k: column(rows, k) for k in rows[0]}
-            print(
-                "  "
-                + ", ".join(
-                    f"{k} {v['median']:,.3f}" for k, v in out["workloads"][workload].items()
-                ),
-                flush=True,
-            )
+        for section, extra in (("workloads", ()), ("sink", (SINK,))):
+            out[section] = {}
+            for workload in WORKLOADS:
+                print(f"{workload} ({'sink' if extra else 'reference API'}) ...", flush=True)
+                rows = throughput(server, sizes, workload, *extra)
+                cell = out[section][workload] = {k: column(rows, k) for k in rows[0]}
+                print("  " + ", ".join(f"{k} {v['median']:,.3f}" for k, v in cell.items()))
         print("baseline: one PATCH per point ...", flush=True)
         out["baseline_points_per_s"] = spread(baseline(sizes))
         out["memory"] = {}
@@ -548,18 +552,20 @@ def print_table(out: dict[str, Any]) -> None:
         )
 
     print(f"{'measure':44} {'median':>12} {'min':>12} {'max':>12}")
-    for name, cell in out["workloads"].items():
-        for measure in (
-            "points_per_s",
-            "cpu_us_per_point",
-            "bare_points_per_s",
-            "bare_cpu_us_per_point",
-            "worker_over_bare_rate",
-            "bare_over_worker_cpu",
-            "api_cpu_us_per_point",
-            "peak_rss_mb",
-        ):
-            row(f"{name}: {measure}", cell[measure])
+    for section, against in (("workloads", "API"), ("sink", "sink")):
+        for name, cell in out[section].items():
+            for measure in (
+                "points_per_s",
+                "cpu_us_per_point",
+                "bare_points_per_s",
+                "bare_cpu_us_per_point",
+                "worker_over_bare_rate",
+                "bare_over_worker_cpu",
+                "api_cpu_us_per_point",
+                "peak_rss_mb",
+            ):
+                if section == "workloads" or measure != "api_cpu_us_per_point":
+                    row(f"{name} ({against}): {measure}", cell[measure])
     row("baseline: one PATCH per point, points/s", out["baseline_points_per_s"])
     for points, cell in out["memory"].items():
         row(f"peak RSS MB, {int(points):,}-point W4 backlog", cell)
