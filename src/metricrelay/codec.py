@@ -160,9 +160,12 @@ def decode_entry(raw: bytes, *, entry_ms: int, default_resource_group: str) -> D
     return Decoded(_encode(valid, entry_ms, default_resource_group), [])
 
 
-def whole_fragment(raw: bytes, default_resource_group: str) -> EncodedFragment | None:
-    """The entry as one run (wholeentry.py) if it is valid as written, else None."""
-    whole = wholeentry.read(raw)
+def whole_fragment(
+    raw: bytes, default_resource_group: str, *, scanned: bool = False
+) -> EncodedFragment | None:
+    """The entry as one run (wholeentry.py) if it is valid as written, else None. ``scanned``:
+    the C recogniser (``wholeentry.SCAN``) declined it already; only the msgspec pass is left."""
+    whole = wholeentry.read_checked(raw) if scanned else wholeentry.read(raw)
     if whole is None:
         return None
     group, execution, run, count, tags, infos = whole

@@ -33,7 +33,15 @@ from metricrelay.models import (
     METRIC_NAME_PATTERN,
 )
 
-__all__ = ["NATIVE", "WholeEntry", "items_of", "point_count", "read", "read_checked"]
+__all__ = [
+    "NATIVE",
+    "SCAN",
+    "WholeEntry",
+    "items_of",
+    "point_count",
+    "read",
+    "read_checked",
+]
 
 _Scan = Callable[[bytes], tuple[str | None, str, bytes, int] | None]
 try:
@@ -43,6 +51,10 @@ try:
 except ImportError:  # installed without a C compiler
     _scan = None
 NATIVE: Final = _scan is not None
+# The C recogniser itself, for the worker's intake loop (None without it): (resourceGroup or None,
+# executionId, the run, its point count) of a plain entry, None for anything it leaves to
+# read_checked.
+SCAN: Final = _scan
 
 # The patterns of models.py with ``\Z`` for ``$``: Python's ``$`` also matches before a final
 # newline, pydantic's (Rust) one does not.

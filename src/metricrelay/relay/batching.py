@@ -229,11 +229,11 @@ class Coalescer:
         if fragment.run_count and not (fragment.metrics or fragment.tags or fragment.custom_info):
             # a run alone (most entries): every place it goes holds the entry, so it cannot be
             # done at intake, and the intake hold below would only be taken and given back
-            self._place_run(source, key, fragment.run, fragment.run_count, now)
+            self.add_run(source, key, fragment.run, fragment.run_count, now)
             return []
         self.book.hold(source)  # the intake hold: no release while the entry is half-placed
         if fragment.run_count:
-            self._place_run(source, key, fragment.run, fragment.run_count, now)
+            self.add_run(source, key, fragment.run, fragment.run_count, now)
         for data in fragment.metrics:
             self._place(source, key, "metrics", None, data, now=now)
         for name, data in fragment.tags:
@@ -312,11 +312,12 @@ class Coalescer:
         """The rejected item was dead-lettered: release its entry; return the done ids."""
         return self.book.release((rejected.source,))
 
-    def _place_run(
+    def add_run(
         self, source: str, key: tuple[str, str], data: bytes, count: int, now: float
     ) -> None:
-        """A run of ``count`` points: placed whole where it fits, else point by point.
-        (``_misfit`` and ``Body.growth`` for a run, inline: this runs once per entry.)"""
+        """An entry that is a run of ``count`` points alone (the commonest): placed whole where it
+        fits, else point by point. Every place it goes holds the entry, so it is never done at
+        once. (``_misfit`` and ``Body.growth`` for a run, inline: this runs once per entry.)"""
         body = self._open.get(key) or self._new_body(key, now)
         limits = self.limits
         grown = len(data) + (1 if body.metrics else _METRICS_KEY_COST)

@@ -33,6 +33,7 @@ from metricrelay.relay.scheduler import KeyedScheduler
 from metricrelay.relay.stream import Entry, EventStream
 from metricrelay.relay.tally import Tally, body_tally
 from metricrelay.retry import REDIS_BACKOFF, FullWatch, redis_transient, until_done
+from metricrelay.wholeentry import SCAN
 
 if TYPE_CHECKING:
     from metricrelay.relay.observability import WorkerMetrics
@@ -325,10 +326,19 @@ class Worker:
         now = self.clock()
         book = self.book
         deliveries = deliveries or {}
+        scan, group, add_run = SCAN, self.config.default_resource_group, self.coalescer.add_run
         for entry in entries:
             if not book.admit(entry.id, entry.size, deliveries.get(entry.id, 1)):
                 continue  # held already (claimed back while this worker still works on it)
-            fragment, invalid = decode(entry, self.config.default_resource_group)
+            raw = entry.resource
+            plain = None if scan is None or raw is None else scan(raw)
+            if plain is not None:  # the commonest entry: plain metrics, valid as written
+                key = (plain[0] or group, plain[1])
+                if self._route_check is not None:
+                    self._route_check(*key)
+                add_run(entry.id, key, plain[2], plain[3], now)
+                continue
+            fragment, invalid = decode(entry, group, scanned=scan is not None)
             for letter in invalid:
                 book.hold(entry.id)
                 letters.append(letter)
