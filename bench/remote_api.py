@@ -8,7 +8,11 @@ bucket over all clients; beyond it 429 with ``Retry-After: 1``) and 1 % 503s. A 
 1 worker process, then 3 (each owning a share of the streams), drain them; each run has a fresh
 API, fresh streams and fresh workers. Every configuration runs in turn in the same repetition:
 
-- ``adaptive``: the relay's defaults (AIMD limit on bodies in flight, queued bodies fill);
+- ``adaptive``: the relay's defaults (AIMD limit on bodies in flight, paced by rate once the API
+  refused some; queued bodies fill, and while the API throttles a body that can grow waits to
+  fill even with a slot free);
+- ``unpaced``: the AIMD limit on whole in-flight steps, without pacing or holding bodies to fill
+  (the relay's defaults before that);
 - ``fixed``: 16 in flight, queued bodies fill (the adaptive limit off);
 - ``before``: 16 in flight, every body alone (both off: the relay before this change).
 
@@ -57,7 +61,7 @@ class Sizes:
     rate_limit: float = 20.0  # requests/s of the API
     load: float = 0.9  # offered points/s, as a share of rate_limit x 1000
     workers: tuple[int, ...] = (1, 3)
-    modes: tuple[str, ...] = ("adaptive", "fixed", "before")
+    modes: tuple[str, ...] = ("adaptive", "unpaced", "fixed", "before")
 
 
 STANDARD = Sizes()
@@ -229,8 +233,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tiny", action="store_true", help="smoke size (tests); means nothing")
     parser.add_argument("--runs", type=int, help="repetitions (default 3)")
     parser.add_argument("--seconds", type=float, help="production per run (default 40)")
-    parser.add_argument("--modes", help="comma-joined, of adaptive,fixed,before")
+    parser.add_argument("--modes", help="comma-joined, of adaptive,unpaced,fixed,before")
     parser.add_argument("--workers", help="comma-joined worker counts (default 1,3)")
+    parser.add_argument(
+        "--load", type=float, help="offered points/s as a share of the API's ceiling (default 0.9)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args(argv)
     sizes = TINY if args.tiny else STANDARD
@@ -240,6 +247,8 @@ def main(argv: list[str]) -> int:
         sizes = replace(sizes, seconds=min(args.seconds, RUN_BUDGET_S - DRAIN_S - 15))
     if args.modes:
         sizes = replace(sizes, modes=tuple(m for m in args.modes.split(",") if m in MODES))
+    if args.load:
+        sizes = replace(sizes, load=args.load)
     if args.workers:
         sizes = replace(sizes, workers=tuple(int(n) for n in args.workers.split(",")))
     out = measure(sizes)

@@ -36,6 +36,7 @@ from metricrelay.relay.concurrency import ConcurrencyConfig
 API_FLAGS: Final = ("--latency-ms", "50-200", "--fail-rate", "0.01", "--retry-after", "1")
 MODES: Final = {
     "adaptive": ConcurrencyConfig(),
+    "unpaced": ConcurrencyConfig(pacing=False, fill_while_throttled=False),
     "fixed": ConcurrencyConfig(adaptive=False),
     "before": ConcurrencyConfig(adaptive=False, fill_queued=False),
 }

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from metricrelay.relay.concurrency import AimdLimit, ConcurrencyConfig, DeliverySlots, Ewma
+from metricrelay.relay.concurrency import (
+    PACED_FLOOR,
+    AimdLimit,
+    ConcurrencyConfig,
+    DeliverySlots,
+    Ewma,
+)
 
 RTT = 0.125  # exact in binary: window means of equal samples equal the baseline exactly
 
@@ -71,6 +77,7 @@ def test_the_limit_never_exceeds_the_maximum() -> None:
     assert aimd.limit == 3
 
 
+# Unpaced (``pacing=False``) below: the in-flight AIMD on whole limits; pacing has its own tests.
 @pytest.mark.parametrize(
     ("answers", "expected"),
     [
@@ -82,7 +89,7 @@ def test_the_limit_never_exceeds_the_maximum() -> None:
     ],
 )
 def test_back_pressure_decreases_by_the_share_accepted(answers: list[int], expected: int) -> None:
-    aimd, now = settled(ConcurrencyConfig(initial=10))
+    aimd, now = settled(ConcurrencyConfig(initial=10, pacing=False))
     window(aimd, now, answers)
     assert aimd.limit == expected
 
@@ -99,13 +106,13 @@ def test_back_pressure_decreases_by_the_share_accepted(answers: list[int], expec
 def test_decreases_round_down_and_never_below_one(
     initial: int, answers: list[int], expected: int
 ) -> None:
-    aimd, now = settled(ConcurrencyConfig(initial=initial))
+    aimd, now = settled(ConcurrencyConfig(initial=initial, pacing=False))
     window(aimd, now, answers)
     assert aimd.limit == expected
 
 
 def test_a_lone_refusal_decreases_nothing_but_stops_the_increase() -> None:
-    aimd, now = settled(ConcurrencyConfig(initial=4))
+    aimd, now = settled(ConcurrencyConfig(initial=4, pacing=False))
     now = window(aimd, now, [204, 503, 204])  # a 503 by chance, or a 429 at the bucket's edge
     assert aimd.limit == 4
     for _ in range(25):  # twenty quick answers later it is forgotten: +1 a window again
@@ -119,7 +126,7 @@ def test_a_lone_refusal_decreases_nothing_but_stops_the_increase() -> None:
 
 
 def test_only_back_pressure_on_patches_sent_after_a_decrease_counts() -> None:
-    aimd, now = settled(ConcurrencyConfig(initial=10))
+    aimd, now = settled(ConcurrencyConfig(initial=10, pacing=False))
     now = window(aimd, now, [429] * 9)
     assert aimd.limit == 5
     decreased = now
@@ -131,7 +138,7 @@ def test_only_back_pressure_on_patches_sent_after_a_decrease_counts() -> None:
 
 
 def test_after_a_decrease_it_holds_climbs_below_the_level_that_drew_it_then_probes() -> None:
-    config = ConcurrencyConfig(initial=10, hold_after_decrease=1.0, probe_after=3.0)
+    config = ConcurrencyConfig(initial=10, hold_after_decrease=1.0, probe_after=3.0, pacing=False)
     aimd, now = settled(config)
     now = window(aimd, now, [429] * 9)
     assert aimd.limit == 5
@@ -344,6 +351,13 @@ class RateLimitedApi:
         return slots
 
     def send(self, slots: DeliverySlots, attempt: int) -> None:
+        delay = slots.start_delay()  # the dispatcher waits for its turn before each PATCH
+        if delay > 0:
+            self.at(self.now + delay, lambda: self._sent(slots, attempt))
+        else:
+            self._sent(slots, attempt)
+
+    def _sent(self, slots: DeliverySlots, attempt: int) -> None:
         sent = self.now
         slots.request_started()
 
@@ -371,19 +385,27 @@ class RateLimitedApi:
         return accepted / (seconds - start), statuses.count(429) / len(statuses)
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_workers_find_and_hold_the_rate_limit_without_a_429_storm(workers: int) -> None:
+def _hold(workers: int, config: ConcurrencyConfig) -> tuple[float, float]:
+    """Median accepted requests/s and share of 429s (seconds 10-60, seeds 1-3)."""
     results = []
     for seed in (1, 2, 3):
         api = RateLimitedApi(seed=seed)
         for _ in range(workers):
-            api.worker(ConcurrencyConfig())
+            api.worker(config)
         api.run(60.0)
         results.append(api.after(10.0, 60.0))
-    rate = statistics.median(r[0] for r in results)
-    throttled = statistics.median(r[1] for r in results)
-    assert rate >= 0.85 * api.rate  # near the limit...
+    return statistics.median(r[0] for r in results), statistics.median(r[1] for r in results)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_workers_find_and_hold_the_rate_limit_without_a_429_storm(workers: int) -> None:
+    api = RateLimitedApi()
+    rate, throttled = _hold(workers, ConcurrencyConfig())
+    assert rate >= 0.97 * api.rate  # at the limit...
     assert throttled <= 0.12  # ...with 429s a small share of the requests
+    if workers == 1:  # whole in-flight steps alone fall short of the limit (three workers do not)
+        unpaced, _ = _hold(workers, ConcurrencyConfig(pacing=False))
+        assert rate >= unpaced + 0.5
     fixed = RateLimitedApi(seed=1)
     for _ in range(workers):
         fixed.worker(ConcurrencyConfig(adaptive=False))
@@ -398,3 +420,99 @@ def test_from_the_maximum_the_limit_comes_down_within_a_few_seconds(seed: int) -
     assert slots.limit == 16  # where the fixed limit was
     api.run(6.0)
     assert slots.limit <= 8  # 20 requests/s at ~125 ms want ~3 in flight
+
+
+# --- pacing: a request-rate limit met at its rate -----------------------------------------------
+
+
+def pressed(config: ConcurrencyConfig | None = None) -> tuple[AimdLimit, float]:
+    """A settled limit whose window drew back pressure (4 of 9 answers refused)."""
+    aimd, now = settled(config)
+    now = window(aimd, now, [429] * 4 + [204] * 4)
+    return aimd, now
+
+
+def test_no_pacing_until_the_api_refuses_not_even_when_slower() -> None:
+    aimd, now = settled(ConcurrencyConfig(initial=8))
+    now = window(aimd, now, [204] * 3, rtt=8 * RTT)
+    assert aimd.limit < 8 and aimd.why == "slower"
+    assert not aimd.paced and aimd.interval == 0.0
+
+
+def test_after_refusals_starts_are_one_round_trip_shared_out_by_the_level() -> None:
+    aimd, _ = pressed()
+    assert aimd.paced
+    assert aimd.interval == pytest.approx(aimd.baseline.mean / aimd.level)
+    unpaced, _ = pressed(ConcurrencyConfig(pacing=False))
+    assert not unpaced.paced and unpaced.interval == 0.0
+    assert unpaced.level == aimd.level  # the same decrease; only the spacing differs
+
+
+def test_paced_the_limit_is_the_levels_ceiling_and_the_steps_are_small() -> None:
+    config = ConcurrencyConfig(hold_after_decrease=0.0, probe_after=0.0)
+    aimd, now = pressed(config)
+    level = aimd.level
+    assert level % 1 and aimd.limit == math.ceil(level)  # its fraction is taken by spacing
+    now = window(aimd, now, [204] * 3)
+    assert aimd.level == pytest.approx(level + config.paced_increase)
+    assert aimd.interval == pytest.approx(aimd.baseline.mean / aimd.level)
+
+
+def test_paced_slower_answers_decrease_nothing_refusals_still_do() -> None:
+    aimd, now = pressed()
+    level = aimd.level
+    now = window(aimd, now + 2.0, [204] * 3, rtt=8 * RTT)  # well past the hold
+    assert aimd.level == level  # a rate-limited API's latency is no signal of its rate
+    now = window(aimd, now, [429] * 4 + [204] * 4)
+    assert aimd.level < level
+
+
+def test_paced_the_level_may_fall_below_one_so_many_workers_share_a_small_limit() -> None:
+    aimd, now = pressed()
+    for _ in range(80):  # x0.9 a window (each opens with a lone 429 closing the last)
+        now = window(aimd, now + 2.0, [429] * 8)
+    assert aimd.level == pytest.approx(PACED_FLOOR)
+    assert aimd.limit == 1 and aimd.interval == pytest.approx(aimd.baseline.mean / PACED_FLOOR)
+
+
+def test_paced_slots_book_starts_one_interval_apart_and_waiting_counts_as_demand() -> None:
+    clock = [0.0]
+    slots = DeliverySlots(16, clock=lambda: clock[0])
+    assert slots.start_delay() == 0.0  # not paced: no wait, no booking
+    assert slots.aimd is not None
+    clock[0] = pressed_into(slots.aimd)
+    interval = slots.aimd.interval
+    assert [slots.start_delay() for _ in range(3)] == pytest.approx([0.0, interval, 2 * interval])
+    clock[0] += 3 * interval + 1e-9  # the booked turns have passed
+    assert slots.start_delay() == 0.0
+
+
+def pressed_into(aimd: AimdLimit) -> float:
+    """Drive a fresh ``aimd`` as :func:`pressed` does; the time of its last answer."""
+    aimd.record(0.0, 204, RTT)
+    return window(aimd, 0.0, [429] * 4 + [204] * 4)
+
+
+def test_paced_a_start_that_waited_for_its_turn_is_demand_enough_to_grow() -> None:
+    """Paced, PATCHes in flight seldom fill the limit (their starts are spaced); a PATCH that
+    had to wait for its turn says more would have been sent."""
+    clock = [0.0]
+    config = ConcurrencyConfig(hold_after_decrease=0.0, probe_after=0.0)
+    slots = DeliverySlots(16, config, clock=lambda: clock[0])
+    assert slots.aimd is not None
+    clock[0] = pressed_into(slots.aimd)
+    level = slots.aimd.level
+
+    def one_window(waited: bool) -> None:
+        clock[0] += 1.0  # past every booked turn
+        assert slots.start_delay() == 0.0
+        if waited:
+            assert slots.start_delay() > 0.0  # a second PATCH at once waits for its turn
+        slots.request_started()  # one in flight: far from the limit
+        clock[0] += RTT
+        slots.request_finished(204, RTT)  # closes the window, quick
+
+    one_window(waited=False)
+    assert slots.aimd.level == level  # no demand beyond the pace: no growth
+    one_window(waited=True)
+    assert slots.aimd.level == pytest.approx(level + config.paced_increase)

@@ -231,3 +231,35 @@ async def test_other_4xx_is_rejected_without_retry(
     [failure] = delivery.failures
     assert (failure.reason, failure.status, delivery.requests) == (Reason.REJECTED, status, 1)
     assert len(failure.body.metrics) == 5
+
+
+class PacingLimiter:
+    """A limiter that gives every PATCH a turn 0.25 s away; records what it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[int | str] = []
+
+    def start_delay(self) -> float:
+        self.events.append("turn")
+        return 0.25
+
+    def request_started(self) -> None:
+        self.events.append("started")
+
+    def request_finished(self, result: int | str, seconds: float) -> None:
+        self.events.append(result)
+
+
+async def test_paced_every_patch_retries_included_first_waits_its_turn(
+    session: aiohttp.ClientSession, scripted_api: ScriptedApi, fake_time: FakeTime
+) -> None:
+    answers = iter([(429, {"Retry-After": "1"}, b""), (204, {}, b"")])
+    scripted_api.answer = lambda doc, headers: next(answers)
+    limiter = PacingLimiter()
+    delivery = await dispatcher(session, scripted_api, fake_time, limiter=limiter).deliver(
+        body_of(2)
+    )
+    assert delivery.failures == [] and delivery.retries == 1
+    assert limiter.events == ["turn", "started", 429, "turn", "started", 204]
+    assert fake_time.delays[0] == 0.25 and fake_time.delays[2] == 0.25  # turn, retry, turn
+    assert fake_time.delays[1] >= 1.0  # the Retry-After between them

@@ -222,3 +222,42 @@ async def test_a_body_that_fills_up_while_waiting_joins_the_full_ones() -> None:
     recorder.open("x", "a", "b")
     assert await scheduler.wait_idle(5)
     assert recorder.started == [("x", [0]), ("b", [0, 1]), ("a", [0])]
+
+
+async def test_while_the_api_throttles_a_growing_body_waits_to_fill_even_with_slots_free() -> None:
+    coalescer = Coalescer(Limits(max_metrics=2))
+    clock = Clock()
+    recorder = Recorder()
+    slots = DeliverySlots(4, ConcurrencyConfig(fill_wait=0.05), clock=clock)
+    scheduler = KeyedScheduler(4, recorder.run, slots, fill=Filler(coalescer), clock=clock)
+    slots.request_started()
+    slots.request_finished(429, 0.1)  # a 429: requests are scarcer than slots now
+    assert slots.throttled()
+    for body in bodies(coalescer, "a", range(1)) + bodies(coalescer, "b", range(1)):
+        scheduler.submit(body)
+    assert scheduler.in_flight == 0 and slots.in_use == 0  # both held to fill
+    for body in bodies(coalescer, "b", range(1, 2)):
+        scheduler.submit(body)  # b's body is full: it goes at once
+    assert scheduler.in_flight == 1
+    clock.now = 0.05  # a's has waited fill_wait: it goes, partly filled (its timer pumps)
+    await recorder.until_started(2)
+    assert recorder.started == [("b", [0, 1]), ("a", [0])]
+    clock.now = 11.0  # ten seconds without a 429: no longer throttled, nothing is held
+    assert not slots.throttled()
+    for body in bodies(coalescer, "c", range(1)):
+        scheduler.submit(body)
+    assert scheduler.in_flight == 3
+    recorder.open("a", "b", "c")
+    assert await scheduler.wait_idle(5)
+
+
+async def test_fixed_slots_never_hold_a_body_to_fill() -> None:
+    clock = Clock()
+    slots = DeliverySlots(4, FIXED, clock=clock)
+    slots.request_started()
+    slots.request_finished(429, 0.1)
+    assert not slots.throttled()  # the fixed limit (and fill_while_throttled off) as before
+    off = DeliverySlots(4, ConcurrencyConfig(fill_while_throttled=False), clock=clock)
+    off.request_started()
+    off.request_finished(429, 0.1)
+    assert not off.throttled()

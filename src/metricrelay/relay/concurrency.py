@@ -27,7 +27,16 @@ sleeping out its Retry-After keeps its slot, which already paces it:
 - no increase for ``hold_after_decrease`` seconds after a decrease, and none back up to the limit
   that last drew back pressure until ``probe_after`` seconds passed without more;
 - "reached" counts PATCHes awaiting an answer, not deliveries: a sleeping delivery is no evidence
-  that more would fit.
+  that more would fit;
+- **pacing**: once the API refused some (``pacing``), whole in-flight steps are too coarse to meet
+  a request-rate limit (one worker oscillated between 2 and 3 in flight, 16 and 24 requests/s,
+  and held ~17). From then on the level's fraction counts: the limit is its ceiling and PATCH
+  starts are spaced by one baseline round trip divided by the level (:attr:`AimdLimit.interval`,
+  booked by :meth:`DeliverySlots.start_delay`), so a level of 2.5 sends 2.5 per round trip; the
+  increase is ``paced_increase`` instead of 1; a start that had to wait for its turn is demand
+  (as "reached" is); latency no longer decreases the level (a rate-limited API's round trips say
+  nothing of its rate, and windows of two or three answers made spurious decreases); and the level
+  may fall to PACED_FLOOR, below one in flight, so that many workers can share a small limit.
 
 It starts at the maximum (``initial``), as the fixed limit did, and comes down when answered so.
 :class:`AimdLimit` is pure: no I/O, no clock of its own (it is told ``now``). :class:`DeliverySlots`
@@ -56,6 +65,11 @@ BACK_PRESSURE: Final = frozenset({429, 503})
 RECENT_ANSWERS: Final = 20
 # Answers in a window enough to trust their accepted share for the decrease.
 _SHARE_SAMPLE: Final = 8
+# The lowest level when paced: one PATCH in flight, started every 1 / PACED_FLOOR round trips (so
+# that many workers can share a small rate limit).
+PACED_FLOOR: Final = 0.1
+# How long after its last 429 the API counts as throttling (DeliverySlots.throttled).
+THROTTLED_S: Final = 10.0
 # The first window's length, before any round trip was measured.
 FIRST_WINDOW_S: Final = 1.0
 
@@ -67,7 +81,9 @@ class ConcurrencyConfig:
     ``adaptive`` off: the limit is the maximum, as before. ``fill_queued``: a body waiting for a
     slot takes in the bodies of its execution queued behind it, up to the body limits, and
     full bodies go first; one that can still grow waits at most ``fill_wait`` seconds (from its
-    opening) behind them (scheduler.py).
+    opening) behind them (scheduler.py); ``fill_while_throttled`` (adaptive only): while the API
+    throttles (:meth:`DeliverySlots.throttled`) it waits so even with a slot free. ``pacing``
+    and ``paced_increase``: see the module docstring.
     """
 
     adaptive: bool = True
@@ -79,8 +95,11 @@ class ConcurrencyConfig:
     hold_after_decrease: float = 1.0
     probe_after: float = 3.0
     tolerated_refusals: int = 1
+    pacing: bool = True
+    paced_increase: float = 0.05
     fill_queued: bool = True
     fill_wait: float = 5.0
+    fill_while_throttled: bool = True
 
     def __post_init__(self) -> None:
         if self.initial is not None and self.initial < 1:
@@ -99,6 +118,8 @@ class ConcurrencyConfig:
             raise ValueError("probe_after must not be negative")
         if not self.fill_wait >= 0.0:
             raise ValueError("fill_wait must not be negative")
+        if not self.paced_increase > 0.0:
+            raise ValueError("paced_increase must be positive")
         if not 0 <= self.tolerated_refusals < RECENT_ANSWERS:
             raise ValueError(f"tolerated_refusals must be in [0, {RECENT_ANSWERS})")
 
@@ -138,7 +159,8 @@ class AimdLimit:
         self._next_window: float | None = None  # when the current window ends
         self._decreased_at = -math.inf
         self._hold_until = -math.inf  # no increase before this, after a decrease
-        self._ceiling: int | None = None  # the limit that last drew back pressure, and when
+        self.paced = False  # refusals were seen: PATCH starts are spaced (see interval)
+        self._ceiling: float | None = None  # the level that last drew back pressure, and when
         self._pressed_at = -math.inf
         self._rtt_sum = 0.0
         self._rtt_count = 0
@@ -147,10 +169,22 @@ class AimdLimit:
         self._reached = False  # the window wanted more than the limit allowed
         self._recent: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # refused or not
         self.why = ""  # what the last change was for
+        self.throttled_at = -math.inf  # the last 429
 
     @property
     def limit(self) -> int:
+        if self.paced:  # the level's fraction is taken by spacing the starts
+            return max(1, math.ceil(self.level))
         return max(1, int(self.level))
+
+    @property
+    def interval(self) -> float:
+        """The least time between two PATCH starts: none until the API refused some; then one
+        round trip (the baseline) shared out by the level, so a level of 2.5 sends 2.5 PATCHes
+        per round trip, not 2 or 3: a tenant's request-rate limit is met at its rate."""
+        if not self.paced or self.baseline.mean is None:
+            return 0.0
+        return self.baseline.mean / self.level
 
     def reached(self) -> None:
         """As many PATCHes were awaiting an answer as the limit allows: more might have fit."""
@@ -159,6 +193,8 @@ class AimdLimit:
     def record(self, now: float, result: int | str, rtt: float) -> None:
         """One answer (an HTTP status, or "error"/"cancelled") and its round trip in seconds."""
         refused = result in BACK_PRESSURE
+        if result == 429:
+            self.throttled_at = now
         self._recent.append(refused)
         if now - rtt >= self._decreased_at:  # those sent before drew it, or echo it
             self._answers += 1
@@ -192,8 +228,9 @@ class AimdLimit:
             quick = current <= past
             slower = current > past + self.config.rtt_deviation_scale * self.baseline.deviation
         pressed = self._refused and sum(self._recent) > self.config.tolerated_refusals
-        if pressed or (slower and self.limit > 1):
+        if pressed or (slower and self.limit > 1 and not self.paced):
             self.why = f"{self._refused} of {self._answers} refused" if pressed else "slower"
+            self.paced = self.paced or bool(pressed and self.config.pacing)
             self._decrease(now)
         elif (
             quick
@@ -203,23 +240,32 @@ class AimdLimit:
             and now >= self._hold_until
             and not self._capped(now)
         ):
-            self.level = min(float(self.maximum), self.level + 1.0)
+            self.level = min(float(self.maximum), self.level + self._step())
             self.why = "quick"
 
+    def _step(self) -> float:
+        return self.config.paced_increase if self.paced else 1.0
+
     def _decrease(self, now: float) -> None:
-        self._ceiling, self._pressed_at = self.limit, now
+        self._ceiling, self._pressed_at = self.level, now
         ratio = self.config.decrease_ratio
         if self._answers >= _SHARE_SAMPLE:  # enough answers to say how much fits: use it
             accepted = 1.0 - self._refused / self._answers
             ratio = max(self.config.min_decrease_ratio, min(ratio, accepted))
-        if self.level > 1.0:
-            self.level = max(1.0, self.level * ratio)
+        floor = PACED_FLOOR if self.paced else 1.0
+        if self.level > floor:
+            self.level = max(floor, self.level * ratio)
             self._decreased_at = now
             self._hold_until = now + self.config.hold_after_decrease
 
     def _capped(self, now: float) -> bool:
-        """One more would reach the limit that last drew back pressure, not long enough ago."""
-        if self._ceiling is None or self.limit + 1 < self._ceiling:
+        """One more step would reach the level that last drew back pressure (unpaced: its limit),
+        not long enough ago."""
+        if self._ceiling is None:
+            return False
+        if self.paced and self.level + self._step() < self._ceiling:
+            return False
+        if not self.paced and self.limit + 1 < int(self._ceiling):
             return False
         if now < self._pressed_at + self.config.probe_after:
             return True
@@ -254,6 +300,7 @@ class DeliverySlots:
         self.in_use = 0
         self.requests = 0  # PATCHes awaiting an answer (a delivery may be sleeping instead)
         self._pumps: dict[Callable[[], None], None] = {}  # an ordered set, first come first
+        self._next_start = -math.inf  # the earliest time the next PATCH may start (pacing)
 
     @property
     def limit(self) -> int:
@@ -274,6 +321,28 @@ class DeliverySlots:
     def wait(self, pump: Callable[[], None]) -> None:
         """Call ``pump`` once a slot may be free (it tries again, and waits again if need be)."""
         self._pumps[pump] = None
+
+    def throttled(self) -> bool:
+        """The API answered 429 in the last THROTTLED_S seconds (adaptive, with
+        ``fill_while_throttled``): requests are scarcer than slots, so bodies should be full."""
+        return (
+            self.aimd is not None
+            and self.config.fill_while_throttled
+            and self.clock() - self.aimd.throttled_at < THROTTLED_S
+        )
+
+    def start_delay(self) -> float:
+        """How long the PATCH about to be sent waits for its turn (0 while not paced); its start
+        is booked, so PATCHes waiting together leave one interval apart, in the order asked."""
+        aimd = self.aimd
+        if aimd is None or (interval := aimd.interval) <= 0.0:
+            return 0.0
+        now = self.clock()
+        start = max(now, self._next_start)
+        self._next_start = start + interval
+        if start > now:  # it must wait for its turn: more would have been sent
+            aimd.reached()
+        return start - now
 
     def request_started(self) -> None:
         self.requests += 1

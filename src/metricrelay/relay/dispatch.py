@@ -34,7 +34,7 @@ from metricrelay.relay.auth import TokenProvider
 from metricrelay.relay.batching import Body
 from metricrelay.retry import RetryPolicy, call_with_retry, parse_retry_after
 
-__all__ = ["Delivery", "Dispatcher", "Failure", "RequestObserver"]
+__all__ = ["Delivery", "DeliveryLimiter", "Dispatcher", "Failure", "RequestObserver"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,12 @@ class RequestObserver(Protocol):
     def request_finished(self, result: int | str, seconds: float) -> None: ...
 
 
+class DeliveryLimiter(RequestObserver, Protocol):
+    """A :class:`RequestObserver` that also paces: each PATCH first waits ``start_delay()``."""
+
+    def start_delay(self) -> float: ...
+
+
 class Dispatcher:
     """PATCHes bodies over one keep-alive session."""
 
@@ -86,7 +92,7 @@ class Dispatcher:
         with_resource_group: bool = True,
         on_too_large: Callable[[Body], object] | None = None,
         observer: RequestObserver | None = None,
-        limiter: RequestObserver | None = None,
+        limiter: DeliveryLimiter | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -99,7 +105,8 @@ class Dispatcher:
         self.with_resource_group = with_resource_group
         self.on_too_large = on_too_large
         self.observer = observer
-        self.limiter = limiter  # the delivery slots' adaptive limit learns from every answer
+        # the delivery slots: their adaptive limit learns from every answer and paces the starts
+        self.limiter = limiter
         self.sleep = sleep
         self.clock = clock
         self.rng = rng or random.Random()
@@ -164,6 +171,8 @@ class Dispatcher:
         headers = {"Content-Type": CONTENT_TYPE, **auth}
         if self.with_resource_group:
             headers["AI-Resource-Group"] = body.resource_group
+        if self.limiter is not None and (turn := self.limiter.start_delay()) > 0:
+            await self.sleep(turn)  # paced: a request-rate limit is met at its rate
         delivery.requests += 1
         observers = [o for o in (self.observer, self.limiter) if o is not None]
         for observer in observers:

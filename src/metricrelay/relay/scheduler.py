@@ -10,7 +10,10 @@ When slots are scarce (the API is slower than the stream, or throttles), fewer a
 carry the same items: a queued body takes in the bodies of its execution submitted after it, up to
 the body limits (``fill``, filling.py), and executions whose next body can grow no more go before
 those whose next body still can, unless that one has waited ``fill_wait`` seconds. With slots to
-spare nothing waits: a body starts as soon as it is submitted.
+spare nothing waits: a body starts as soon as it is submitted — except while the API throttles
+(``DeliverySlots.throttled``: a 429 in the last seconds): then requests are what is scarce, and a
+body that can still grow waits until it is full or has waited ``fill_wait``, even with a slot
+free, so that the API's request rate carries full bodies.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class KeyedScheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        self._timer: asyncio.TimerHandle | None = None  # a held body's fill_wait running out
 
     @property
     def in_flight(self) -> int:
@@ -130,6 +134,8 @@ class KeyedScheduler:
 
     def _forget(self) -> None:
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         self._queues.clear()
         self._full.clear()
         self._growing.clear()
@@ -152,23 +158,42 @@ class KeyedScheduler:
     def _wait_for_slot(self, key: Key) -> None:
         (self._growing if self._can_grow(self._queues[key]) else self._full)[key] = None
 
-    def _next_key(self) -> Key:
+    def _next_key(self) -> Key | None:
         """The execution whose body goes next: the first that waited for a slot with a body that
-        can grow no more; one that still can only if none such waits, or if it waited long."""
+        can grow no more; one that still can only if none such waits (and the API does not
+        throttle), or if it waited long. None: only bodies held to fill wait."""
         if self._growing:
-            key = next(iter(self._growing))
-            if not self._full or self._clock() - self._queues[key][0].opened_at >= self._fill_wait:
-                del self._growing[key]
-                return key
-        return self._full.popitem(last=False)[0]
+            if not (self._full or self._holding()):
+                return next(iter(self._growing))
+            now = self._clock()
+            for key in self._growing:
+                if now - self._queues[key][0].opened_at >= self._fill_wait:
+                    return key
+        return next(iter(self._full), None)
+
+    def _holding(self) -> bool:
+        return self._slots is not None and self._slots.throttled()
+
+    def _pump_when_held_bodies_are_due(self) -> None:
+        """Bodies held to fill: pump again when the first of them has waited ``fill_wait``
+        (a body that fills up first is submitted, which pumps too)."""
+        due = min(self._queues[key][0].opened_at for key in self._growing) + self._fill_wait
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(0.0, due - self._clock()), self._pump)
 
     def _pump(self) -> None:
         slots = self._slots
         while not self._closed and (self._full or self._growing) and len(self._tasks) < self.limit:
+            key = self._next_key()
+            if key is None:
+                self._pump_when_held_bodies_are_due()
+                return
             if slots is not None and not slots.try_take():
                 slots.wait(self._pump)  # called again when a slot frees up
                 return
-            key = self._next_key()
+            (self._growing if key in self._growing else self._full).pop(key)
             body = self._queues[key].popleft()
             task = asyncio.create_task(self._run(body), name=f"deliver {key[0]}/{key[1]}")
             self._tasks[key] = task
