@@ -224,8 +224,15 @@ async def test_a_body_that_fills_up_while_waiting_joins_the_full_ones() -> None:
     assert recorder.started == [("x", [0]), ("b", [0, 1]), ("a", [0])]
 
 
+def lingered(coalescer: Coalescer, execution: str, step: int) -> list[Body]:
+    """A one-point body as its linger closes it (it may take in more while it waits)."""
+    metric = orjson.dumps({"name": "m", "value": float(step), "step": step})
+    coalescer.add(f"{step}-{execution}", EncodedFragment("g", execution, [metric]), now=0.0)
+    return coalescer.poll(now=0.0)
+
+
 async def test_while_the_api_throttles_a_growing_body_waits_to_fill_even_with_slots_free() -> None:
-    coalescer = Coalescer(Limits(max_metrics=2))
+    coalescer = Coalescer(Limits(max_metrics=2), linger=0.0)
     clock = Clock()
     recorder = Recorder()
     slots = DeliverySlots(4, ConcurrencyConfig(fill_wait=0.05), clock=clock)
@@ -233,21 +240,24 @@ async def test_while_the_api_throttles_a_growing_body_waits_to_fill_even_with_sl
     slots.request_started()
     slots.request_finished(429, 0.1)  # a 429: requests are scarcer than slots now
     assert slots.throttled()
-    for body in bodies(coalescer, "a", range(1)) + bodies(coalescer, "b", range(1)):
+    for body in lingered(coalescer, "a", 0) + lingered(coalescer, "b", 0):
         scheduler.submit(body)
     assert scheduler.in_flight == 0 and slots.in_use == 0  # both held to fill
-    for body in bodies(coalescer, "b", range(1, 2)):
+    for body in lingered(coalescer, "b", 1):
         scheduler.submit(body)  # b's body is full: it goes at once
     assert scheduler.in_flight == 1
     clock.now = 0.05  # a's has waited fill_wait: it goes, partly filled (its timer pumps)
     await recorder.until_started(2)
     assert recorder.started == [("b", [0, 1]), ("a", [0])]
+    for body in bodies(coalescer, "d", range(1)):
+        scheduler.submit(body)  # flushed (a drain, a burst's end): not held, nothing will come
+    assert scheduler.in_flight == 3
     clock.now = 11.0  # ten seconds without a 429: no longer throttled, nothing is held
     assert not slots.throttled()
-    for body in bodies(coalescer, "c", range(1)):
+    for body in lingered(coalescer, "c", 0):
         scheduler.submit(body)
-    assert scheduler.in_flight == 3
-    recorder.open("a", "b", "c")
+    assert scheduler.in_flight == 4
+    recorder.open("a", "b", "c", "d")
     assert await scheduler.wait_idle(5)
 
 

@@ -161,14 +161,18 @@ class KeyedScheduler:
     def _next_key(self) -> Key | None:
         """The execution whose body goes next: the first that waited for a slot with a body that
         can grow no more; one that still can only if none such waits (and the API does not
-        throttle), or if it waited long. None: only bodies held to fill wait."""
+        throttle, or it was flushed), or if it waited long. None: only bodies held to fill wait."""
         if self._growing:
-            if not (self._full or self._holding()):
+            holding = self._holding()
+            if not (self._full or holding):
                 return next(iter(self._growing))
             now = self._clock()
             for key in self._growing:
-                if now - self._queues[key][0].opened_at >= self._fill_wait:
+                body = self._queues[key][0]
+                if now - body.opened_at >= self._fill_wait:
                     return key
+                if not self._full and body.close_reason is CloseReason.FLUSH:
+                    return key  # flushed (a drain, a burst's end): nothing more is coming
         return next(iter(self._full), None)
 
     def _holding(self) -> bool:
