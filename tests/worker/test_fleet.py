@@ -42,6 +42,14 @@ async def xadd_steps(client: redis_asyncio.Redis, executions: list[str], steps: 
     await pipe.execute()
 
 
+async def xadd_one_stream(client: redis_asyncio.Redis, execution: str, steps: range) -> None:
+    """Steps of ``execution`` into the one stream of an unsharded layout (ONE)."""
+    pipe = client.pipeline(transaction=False)
+    for step in steps:
+        pipe.xadd(ONE.events, {"resource": fragment(execution, step)})
+    await pipe.execute()
+
+
 async def ticks(fleet: Fleet, count: int) -> None:
     """Wait until ``count`` more turns of the fleet's loop have run to their end: whatever a
     turn would do (take a shard back, take one more) has had that many chances. Each turn
@@ -339,10 +347,7 @@ async def test_a_shard_worker_that_crashes_is_started_again(
         return await real_trim(self)
 
     monkeypatch.setattr(EventStream, "trim", trim_once_broken)
-    pipe = redis_client.pipeline(transaction=False)
-    for step in range(50):
-        pipe.xadd(ONE.events, {"resource": fragment("exec-0001", step)})
-    await pipe.execute()
+    await xadd_one_stream(redis_client, "exec-0001", range(50))
     settings = worker_settings(redis_server.url, scripted_api.url, lease_ttl=1.0)
     async with AsyncExitStack() as stack:
         fleet = await open_worker(settings, stack)
@@ -358,10 +363,7 @@ async def test_a_burst_fleet_ends_with_its_last_shard_not_a_tick_later(
     """The fleet's loop turns as soon as a shard worker ends, not at its next tick (a quarter of
     the lease TTL): the lease is released and a burst run ends with its work. The tick here is
     150 s; the run is given 60."""
-    pipe = redis_client.pipeline(transaction=False)
-    for step in range(50):
-        pipe.xadd(ONE.events, {"resource": fragment("exec-0001", step)})
-    await pipe.execute()
+    await xadd_one_stream(redis_client, "exec-0001", range(50))
     settings = worker_settings(redis_server.url, scripted_api.url, lease_ttl=600.0)
     async with AsyncExitStack() as stack:
         fleet = await open_worker(settings, stack)
