@@ -224,19 +224,19 @@ async def test_a_body_that_fills_up_while_waiting_joins_the_full_ones() -> None:
     assert recorder.started == [("x", [0]), ("b", [0, 1]), ("a", [0])]
 
 
-def lingered(coalescer: Coalescer, execution: str, step: int) -> list[Body]:
+def lingered(coalescer: Coalescer, execution: str, step: int, now: float = 0.0) -> list[Body]:
     """A one-point body as its linger closes it (it may take in more while it waits)."""
     metric = orjson.dumps({"name": "m", "value": float(step), "step": step})
-    coalescer.add(f"{step}-{execution}", EncodedFragment("g", execution, [metric]), now=0.0)
-    return coalescer.poll(now=0.0)
+    coalescer.add(f"{step}-{execution}", EncodedFragment("g", execution, [metric]), now=now)
+    return coalescer.poll(now=now)
 
 
 async def test_while_the_api_throttles_a_growing_body_waits_to_fill_even_with_slots_free() -> None:
     coalescer = Coalescer(Limits(max_metrics=2), linger=0.0)
     clock = Clock()
     recorder = Recorder()
-    slots = DeliverySlots(4, ConcurrencyConfig(fill_wait=0.05), clock=clock)
-    scheduler = KeyedScheduler(4, recorder.run, slots, fill=Filler(coalescer), clock=clock)
+    slots = DeliverySlots(8, ConcurrencyConfig(fill_wait=0.05), clock=clock)
+    scheduler = KeyedScheduler(8, recorder.run, slots, fill=Filler(coalescer), clock=clock)
     slots.request_started()
     slots.request_finished(429, 0.1)  # a 429: requests are scarcer than slots now
     assert slots.throttled()
@@ -252,12 +252,18 @@ async def test_while_the_api_throttles_a_growing_body_waits_to_fill_even_with_sl
     for body in bodies(coalescer, "d", range(1)):
         scheduler.submit(body)  # flushed (a drain, a burst's end): not held, nothing will come
     assert scheduler.in_flight == 3
+    for body in lingered(coalescer, "e", 0, now=clock.now):
+        scheduler.submit(body)
+    assert scheduler.in_flight == 3  # held to fill
+    scheduler.more_coming(False)  # a read found nothing: there is nothing to fill it with
+    assert scheduler.in_flight == 4
+    scheduler.more_coming(True)
     clock.now = 11.0  # ten seconds without a 429: no longer throttled, nothing is held
     assert not slots.throttled()
     for body in lingered(coalescer, "c", 0):
         scheduler.submit(body)
-    assert scheduler.in_flight == 4
-    recorder.open("a", "b", "c", "d")
+    assert scheduler.in_flight == 5
+    recorder.open("a", "b", "c", "d", "e")
     assert await scheduler.wait_idle(5)
 
 

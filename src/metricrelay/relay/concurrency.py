@@ -28,15 +28,17 @@ sleeping out its Retry-After keeps its slot, which already paces it:
   that last drew back pressure until ``probe_after`` seconds passed without more;
 - "reached" counts PATCHes awaiting an answer, not deliveries: a sleeping delivery is no evidence
   that more would fit;
-- **pacing**: once the API refused some (``pacing``), whole in-flight steps are too coarse to meet
-  a request-rate limit (one worker oscillated between 2 and 3 in flight, 16 and 24 requests/s,
-  and held ~17). From then on the level's fraction counts: the limit is its ceiling and PATCH
-  starts are spaced by one baseline round trip divided by the level (:attr:`AimdLimit.interval`,
-  booked by :meth:`DeliverySlots.start_delay`), so a level of 2.5 sends 2.5 per round trip; the
-  increase is ``paced_increase`` instead of 1; a start that had to wait for its turn is demand
-  (as "reached" is); latency no longer decreases the level (a rate-limited API's round trips say
-  nothing of its rate, and windows of two or three answers made spurious decreases); and the level
-  may fall to PACED_FLOOR, below one in flight, so that many workers can share a small limit.
+- **pacing**: once back pressure with a 429 among it drew a decrease (``pacing``; 503s alone do
+  not), whole in-flight steps are too coarse to meet a request-rate limit (one worker oscillated
+  between 2 and 3 in flight, 16 and 24 requests/s, and held ~17). From then on the level's
+  fraction counts: the limit is its ceiling, and PATCH starts are spaced by one baseline round
+  trip divided by the level (:attr:`AimdLimit.interval`, booked by
+  :meth:`DeliverySlots.start_delay`), so a level of 2.5 sends 2.5 per round trip; the increase
+  is 2 % of the level (``paced_increase`` at least) instead of 1, so that random refusals of a
+  fast API cost little; a start that had to wait for its turn is demand (as "reached" is);
+  latency no longer decreases the level (a rate-limited API's round trips say nothing of its
+  rate, and windows of two or three answers made spurious decreases); and the level may fall to
+  PACED_FLOOR, below one in flight, so that many workers can share a small limit.
 
 It starts at the maximum (``initial``), as the fixed limit did, and comes down when answered so.
 :class:`AimdLimit` is pure: no I/O, no clock of its own (it is told ``now``). :class:`DeliverySlots`
@@ -68,6 +70,9 @@ _SHARE_SAMPLE: Final = 8
 # The lowest level when paced: one PATCH in flight, started every 1 / PACED_FLOOR round trips (so
 # that many workers can share a small rate limit).
 PACED_FLOOR: Final = 0.1
+# Paced, a window's increase is this share of the level (``paced_increase`` at least): small
+# where a few requests in flight meet a rate limit, quick to recover where many fit.
+PACED_GROWTH: Final = 0.02
 # How long after its last 429 the API counts as throttling (DeliverySlots.throttled).
 THROTTLED_S: Final = 10.0
 # The first window's length, before any round trip was measured.
@@ -166,6 +171,7 @@ class AimdLimit:
         self._rtt_count = 0
         self._answers = 0  # in this window, of PATCHes sent after the last decrease
         self._refused = 0  # of those, 429s and 503s: back pressure
+        self._throttled = 0  # of those, 429s
         self._reached = False  # the window wanted more than the limit allowed
         self._recent: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # refused or not
         self.why = ""  # what the last change was for
@@ -199,6 +205,7 @@ class AimdLimit:
         if now - rtt >= self._decreased_at:  # those sent before drew it, or echo it
             self._answers += 1
             self._refused += refused
+            self._throttled += result == 429
         if isinstance(result, int) and 200 <= result < 300:
             self._rtt_sum += rtt
             self._rtt_count += 1
@@ -218,7 +225,7 @@ class AimdLimit:
         window = self.baseline.mean if self.baseline.mean is not None else FIRST_WINDOW_S
         self._next_window = now + window
         self._rtt_sum, self._rtt_count = 0.0, 0
-        self._answers = self._refused = 0
+        self._answers = self._refused = self._throttled = 0
         self._reached = False
 
     def _judge(self, now: float, current: float | None) -> None:
@@ -230,7 +237,8 @@ class AimdLimit:
         pressed = self._refused and sum(self._recent) > self.config.tolerated_refusals
         if pressed or (slower and self.limit > 1 and not self.paced):
             self.why = f"{self._refused} of {self._answers} refused" if pressed else "slower"
-            self.paced = self.paced or bool(pressed and self.config.pacing)
+            # a 429 says "rate limit"; 503s alone (overload, or chance) start no pacing
+            self.paced = self.paced or bool(pressed and self._throttled and self.config.pacing)
             self._decrease(now)
         elif (
             quick
@@ -244,7 +252,9 @@ class AimdLimit:
             self.why = "quick"
 
     def _step(self) -> float:
-        return self.config.paced_increase if self.paced else 1.0
+        if not self.paced:
+            return 1.0
+        return max(self.config.paced_increase, PACED_GROWTH * self.level)
 
     def _decrease(self, now: float) -> None:
         self._ceiling, self._pressed_at = self.level, now

@@ -13,7 +13,8 @@ those whose next body still can, unless that one has waited ``fill_wait`` second
 spare nothing waits: a body starts as soon as it is submitted — except while the API throttles
 (``DeliverySlots.throttled``: a 429 in the last seconds): then requests are what is scarce, and a
 body that can still grow waits until it is full or has waited ``fill_wait``, even with a slot
-free, so that the API's request rate carries full bodies.
+free, so that the API's request rate carries full bodies — unless it was flushed, or nothing
+more is coming to fill it (``more_coming``: a burst's end, a drain).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class KeyedScheduler:
         self._idle.set()
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None  # a held body's fill_wait running out
+        self._more_coming = True  # the last read found entries: held bodies may still fill
 
     @property
     def in_flight(self) -> int:
@@ -175,8 +177,16 @@ class KeyedScheduler:
                     return key  # flushed (a drain, a burst's end): nothing more is coming
         return next(iter(self._full), None)
 
+    def more_coming(self, more: bool) -> None:
+        """Whether later items may still join bodies held to fill: the worker says no at a
+        burst's end and when it drains, and yes when a read finds entries again; when not,
+        those bodies go now: there is nothing to fill them with."""
+        self._more_coming = more
+        if not more and self._growing:
+            self._pump()
+
     def _holding(self) -> bool:
-        return self._slots is not None and self._slots.throttled()
+        return self._more_coming and self._slots is not None and self._slots.throttled()
 
     def _pump_when_held_bodies_are_due(self) -> None:
         """Bodies held to fill: pump again when the first of them has waited ``fill_wait``

@@ -283,6 +283,7 @@ class Worker:
         entries = await self.stream.read(count, self._block_ms())
         self.still_holding()
         if entries:  # size the next read after these entries (see _READ_TARGET_BYTES)
+            self.scheduler.more_coming(True)
             size = sum(entry.size for entry in entries)
             fitting = _READ_TARGET_BYTES * len(entries) // max(1, size)
             self._read_count = max(1, min(self.config.read_count, fitting))
@@ -310,6 +311,7 @@ class Worker:
 
     async def _finished_burst(self) -> bool:
         self._submit(self.coalescer.flush())
+        self.scheduler.more_coming(False)  # the stream is empty: bodies held to fill go now
         await self.scheduler.wait_idle()
         return not self.book and await self.stream.pending_count() == 0
 
@@ -418,6 +420,7 @@ class Worker:
     async def _drain(self) -> None:
         """Flush open bodies; wait for deliveries up to the deadline; let go of the rest."""
         self._submit(self.coalescer.flush())
+        self.scheduler.more_coming(False)  # nothing more will be read: held bodies go now
         if not await self.scheduler.wait_idle(self.config.drain_deadline):
             log.warning(
                 "drain deadline of %.1fs reached: %d deliveries cancelled, their entries stay "
