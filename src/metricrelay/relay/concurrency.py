@@ -34,11 +34,11 @@ sleeping out its Retry-After keeps its slot, which already paces it:
   fraction counts: the limit is its ceiling, and PATCH starts are spaced by one baseline round
   trip divided by the level (:attr:`AimdLimit.interval`, booked by
   :meth:`DeliverySlots.start_delay`), so a level of 2.5 sends 2.5 per round trip; the increase
-  is 2 % of the level (``paced_increase`` at least) instead of 1, so that random refusals of a
-  fast API cost little; a start that had to wait for its turn is demand (as "reached" is);
-  latency no longer decreases the level (a rate-limited API's round trips say nothing of its
-  rate, and windows of two or three answers made spurious decreases); and the level may fall to
-  PACED_FLOOR, below one in flight, so that many workers can share a small limit.
+  is ``paced_increase`` instead of 1; a start that had to wait for its turn is demand (as
+  "reached" is); latency no longer decreases the level (a rate-limited API's round trips say
+  nothing of its rate, and windows of two or three answers made spurious decreases); and the
+  level may fall to PACED_FLOOR, below one in flight, so that many workers can share a small
+  limit.
 
 It starts at the maximum (``initial``), as the fixed limit did, and comes down when answered so.
 :class:`AimdLimit` is pure: no I/O, no clock of its own (it is told ``now``). :class:`DeliverySlots`
@@ -70,9 +70,6 @@ _SHARE_SAMPLE: Final = 8
 # The lowest level when paced: one PATCH in flight, started every 1 / PACED_FLOOR round trips (so
 # that many workers can share a small rate limit).
 PACED_FLOOR: Final = 0.1
-# Paced, a window's increase is this share of the level (``paced_increase`` at least): small
-# where a few requests in flight meet a rate limit, quick to recover where many fit.
-PACED_GROWTH: Final = 0.02
 # How long after its last 429 the API counts as throttling (DeliverySlots.throttled).
 THROTTLED_S: Final = 10.0
 # The first window's length, before any round trip was measured.
@@ -252,9 +249,7 @@ class AimdLimit:
             self.why = "quick"
 
     def _step(self) -> float:
-        if not self.paced:
-            return 1.0
-        return max(self.config.paced_increase, PACED_GROWTH * self.level)
+        return self.config.paced_increase if self.paced else 1.0
 
     def _decrease(self, now: float) -> None:
         self._ceiling, self._pressed_at = self.level, now
