@@ -74,7 +74,7 @@ class KeyedScheduler:
         self._idle.set()
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None  # a held body's fill_wait running out
-        self._more_coming = True  # the last read found entries: held bodies may still fill
+        self._more_coming = True  # False at a burst's end or a drain: held bodies go
 
     @property
     def in_flight(self) -> int:
