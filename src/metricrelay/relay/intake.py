@@ -19,13 +19,13 @@ _REPORTED_AT_MOST = 1000  # executions named in the log; the counter counts ever
 
 
 def decode(
-    entry: Entry, default_resource_group: str, *, scanned: bool = False
+    entry: Entry, default_resource_group: str
 ) -> tuple[EncodedFragment | None, list[DeadLetter]]:
-    """The entry's valid items (None if nothing of it is usable) and a dead letter per problem.
-    ``scanned``: the C recogniser declined it already (the worker tries that first, inline)."""
+    """The entry's valid items (None if nothing of it is usable) and a dead letter per problem,
+    for an entry the C recogniser did not take (the worker tries it first, inline)."""
     if entry.resource is None:
         return None, [DeadLetter(b"", Reason.INVALID, "entry has no 'resource' field", [entry.id])]
-    fragment = whole_fragment(entry.resource, default_resource_group, scanned=scanned)
+    fragment = whole_fragment(entry.resource, default_resource_group, scanned=True)
     if fragment is not None:
         return fragment, []
     decoded = decode_entry(

@@ -340,7 +340,7 @@ class Worker:
                     self._route_check(*key)
                 add_run(entry.id, key, plain[2], plain[3], now)
                 continue
-            fragment, invalid = decode(entry, group, scanned=scan is not None)
+            fragment, invalid = decode(entry, group)
             for letter in invalid:
                 book.hold(entry.id)
                 letters.append(letter)
