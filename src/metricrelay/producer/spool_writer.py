@@ -17,8 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from redis import Redis
+
 from metricrelay.producer.spool import FsyncPolicy, Spool
 from metricrelay.producer.spool_replay import claim, find_leftovers, replay
+from metricrelay.producer.xadd_line import XaddLine
 from metricrelay.retry import RetryPolicy
 
 __all__ = ["Diverter", "Records"]
@@ -48,6 +51,7 @@ class Diverter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
+        self._line = XaddLine(redis.connection_pool) if isinstance(redis, Redis) else None
         self._directory = directory
         self._execution_id = execution_id
         self._max_bytes = max_bytes
@@ -190,6 +194,8 @@ class Diverter:
     # -- Redis --------------------------------------------------------------------------------
 
     def _xadd(self, records: Records) -> list[Any]:
+        if self._line is not None:
+            return self._line.xadd(records)
         pipe = self._redis.pipeline(transaction=False)
         for key, data in records:
             pipe.xadd(key, {"resource": data})
@@ -210,6 +216,8 @@ class Diverter:
 
     def close(self) -> tuple[int, Path | None]:
         """Records left on disk and where (the spool is deleted when it is empty)."""
+        if self._line is not None:
+            self._line.close()
         if self._spool is None:
             return 0, None
         left = self._spool.pending
