@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import statistics
 from pathlib import Path
 
 import pytest
@@ -83,7 +85,24 @@ def test_training_bench_runs_at_tiny_size(tmp_path: Path) -> None:
     for variant in ("none", "emitter", "sdk_patch"):
         assert result["median_step_ms"][variant]["median"] > 0
     assert set(result["slowdown_pct_from_medians"]) == {"emitter", "sdk_patch"}
-    assert result["emitter_direct_cost"]["writer_thread_cpu_us_per_step"]["median"] > 0
+    cost = result["emitter_direct_cost"]
+    assert cost["writer_thread_cpu_us_per_step"]["median"] > 0
+    # 2 ranks: oversubscribed only on a machine with a single core
+    expected = max(1.0, 2 / len(os.sched_getaffinity(0)))
+    assert cost["oversubscription"] == expected
+    wall = cost["wall_pct_of_step_on_these_cores"]["median"]
+    assert wall == pytest.approx(cost["pct_of_step"]["median"] * expected, abs=0.002)
+    low, high = result["slowdown_pct_from_block_medians"]["emitter"]["median_90pct_interval"]
+    assert low <= high
+
+
+def test_bootstrap_interval_holds_the_median_and_narrows_with_more_pairs() -> None:
+    few = [float(x) for x in (-6, 3, 1, 9, -2, 4)]
+    low, high = training.bootstrap_median(few)
+    assert low <= statistics.median(few) <= high
+    many_low, many_high = training.bootstrap_median(few * 20)
+    assert high - low > many_high - many_low
+    assert training.bootstrap_median(few) == [low, high]  # seeded
 
 
 def test_outage_bench_runs_at_tiny_size(tmp_path: Path) -> None:

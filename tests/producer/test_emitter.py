@@ -16,7 +16,7 @@ import pytest
 import redis
 from tests.support.reference_api import read_back
 
-from metricrelay import AsyncEmitter, Emitter, PointError
+from metricrelay import AsyncEmitter, BufferFull, Emitter, PointError
 from metricrelay.api.server import BackgroundServer
 from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
@@ -190,6 +190,52 @@ async def test_async_emitter_round_trip(
     assert report is not None and report.accepted == 500
     resource = read_back(api, "run-async-1")
     assert sorted(m["step"] for m in resource["metrics"]) == list(range(500))
+
+
+async def test_async_block_policy_makes_room_from_the_loop_itself(
+    private_redis: RedisServer,
+) -> None:
+    """A loop that logs without awaiting fills the buffer while the writer task cannot run:
+    the call writes the queue's head itself instead of waiting out ``block_timeout`` for a task
+    that never gets the loop, and then raising BufferFull."""
+    async with AsyncEmitter(
+        "run-async-full",
+        redis_url=private_redis.url,
+        max_buffer_bytes=96 * 100,
+        block_timeout=5,
+        flush_interval=60,
+    ) as run:
+        for step in range(3000):
+            run.log_metric("loss", 1.0, step=step)
+        assert run.blocked > 0 and run.dropped == 0
+        await run.flush(timeout=30)
+    assert stream_steps(private_redis.url, "run-async-full") == list(range(3000))
+
+
+async def test_async_block_policy_gives_up_in_time_and_keeps_what_it_had_taken(
+    private_redis: RedisServer,
+) -> None:
+    """No spool and Redis away: BufferFull after ``block_timeout``, and the batch the call
+    tried to write goes back to the queue's head, so every point it had accepted arrives, in
+    order, once Redis is back."""
+    async with AsyncEmitter(
+        "run-async-down",
+        redis_url=private_redis.url,
+        max_buffer_bytes=96 * 100,
+        block_timeout=0.5,
+        spool_max_bytes=0,
+        flush_interval=60,
+    ) as run:
+        private_redis.stop()
+        accepted = 0
+        with pytest.raises(BufferFull):
+            for step in range(3000):
+                run.log_metric("loss", 1.0, step=step)
+                accepted += 1
+        private_redis.restart()
+        await run.flush(timeout=30)
+    assert accepted > 0
+    assert stream_steps(private_redis.url, "run-async-down") == list(range(accepted))
 
 
 SIGTERM_SCRIPT = """

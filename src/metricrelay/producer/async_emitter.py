@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -37,8 +38,9 @@ class AsyncEmitter(_Core):
 
     The writes go the Emitter's way (issue 18: Redis, else the disk spool, replayed in order
     when Redis is back), and so does the blocking work that takes: disk and a synchronous
-    client of its own run in threads (``asyncio.to_thread``), never in the event loop. The
-    asyncio client serves ``flush(wait_delivered=True)``."""
+    client of its own run in threads (``asyncio.to_thread``), not in the event loop — except
+    when the buffer is full under policy ``block``: the call then writes itself (see
+    :meth:`_wait_for_room`). The asyncio client serves ``flush(wait_delivered=True)``."""
 
     def __init__(self, execution_id: str | None = None, **options: Any) -> None:
         super().__init__(EmitterConfig(execution_id, **options))
@@ -50,6 +52,7 @@ class AsyncEmitter(_Core):
             config.redis_url, cluster=config.cluster, timeout=config.redis_timeout
         )
         self._diverter = self._divert(self._writes)
+        self._writing = threading.Lock()  # held by every write and drain, in any thread
         self._drained = asyncio.Event()  # the Diverter's ``drained``, as the loop last saw it
         self._drained.set()
         self._wakeup = asyncio.Event()
@@ -129,9 +132,29 @@ class AsyncEmitter(_Core):
         await asyncio.gather(task, return_exceptions=True)
         return False
 
+    def _wait_for_room(self, cost: int, left: float) -> None:
+        """Policy ``block`` on the loop's own thread, which cannot wait for the writer task (it
+        runs on this loop): the call writes the queue's head itself, blocking the loop as
+        ``block`` blocks a caller, and puts it back if neither Redis nor the spool takes it in
+        time (BufferFull follows). A write of the writer's thread in progress is waited for."""
+        deadline = time.monotonic() + left
+        if not self._writing.acquire(timeout=left):
+            return
+        try:
+            if self._over(cost):
+                markers = self._write_next(give_up=lambda: time.monotonic() >= deadline)
+                for marker in markers or ():
+                    marker.callback()
+        finally:
+            self._writing.release()
+
+    def _locked(self, work: Callable[[], T]) -> T:
+        with self._writing:
+            return work()
+
     async def _off_loop(self, work: Callable[[], T]) -> T:
         """The Diverter's blocking work, in a thread; then what the loop awaits follows it."""
-        result = await asyncio.to_thread(work)
+        result = await asyncio.to_thread(self._locked, work)
         if self._diverter.drained.is_set():
             self._drained.set()
         else:

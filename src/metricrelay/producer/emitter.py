@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
 
 import orjson
@@ -314,11 +314,15 @@ class _Core:
                     f"the producer buffer ({self.config.max_buffer_bytes} bytes) stayed full "
                     f"for {self.config.block_timeout}s: is Redis reachable?"
                 )
-            self._space.clear()
-            if self._over(cost):  # the writer may have made room between the check and clear
-                self._wake()
-                self._space.wait(left)
+            self._wait_for_room(cost, left)
         return True
+
+    def _wait_for_room(self, cost: int, left: float) -> None:
+        """Up to ``left`` seconds, while the writer's thread makes room."""
+        self._space.clear()
+        if self._over(cost):  # the writer may have made room between the check and clear
+            self._wake()
+            self._space.wait(left)
 
     def _wake(self) -> None:
         raise NotImplementedError
@@ -376,18 +380,23 @@ class _Core:
             [data for data, _ in pack(ops, config.resource_group, config.execution_id)],
         )
 
-    def _write_next(self) -> list[Marker] | None:
+    def _write_next(self, give_up: Callable[[], bool] | None = None) -> list[Marker] | None:
         """Blocking (the writer's thread): the next batch to Redis, else to the spool, else
-        retried; the markers to fire now that it is safe, or None when close() gave up."""
+        retried; the markers to fire now that it is safe, or None when close() gave up.
+        ``give_up``: retry only until it says so, then put the batch back at the queue's head
+        (and return no markers)."""
         ops, markers, fragments = self._next_batch()
         # nothing logged is lost: to Redis, else to the spool, else retried; the memory
         # buffer half full means Redis is slower than the training: spool
         where, ids = self._diverter.deliver(
             [(self.config.keys.events, data) for data in fragments],
             pressure=2 * (self._queued_bytes - self._written_bytes) > self._max_bytes,
-            stop=lambda: self._stop and self._closed,
+            stop=give_up or (lambda: self._stop and self._closed),
         )
         if where == "stopped":
+            if give_up is not None:
+                self._queue.extendleft(reversed([*ops, *markers]))
+                return []
             return None  # close() gave up waiting; it logged what is left
         self._account(ops, [i.decode() for i in ids])
         return markers
