@@ -413,6 +413,38 @@ def test_workers_find_and_hold_the_rate_limit_without_a_429_storm(workers: int) 
     assert fixed.after(10.0, 60.0)[1] > 3 * throttled  # what a fixed 16 in flight draws
 
 
+def test_workers_told_they_share_the_api_probe_as_one_and_draw_fewer_429s() -> None:
+    def hold(told: int) -> tuple[float, float]:
+        results = []
+        for seed in range(1, 9):
+            api = RateLimitedApi(seed=seed)
+            for slots in [api.worker(ConcurrencyConfig()) for _ in range(3)]:
+                slots.share_with(told)
+            api.run(120.0)
+            results.append(api.after(10.0, 120.0))
+        return statistics.median(r[0] for r in results), statistics.median(r[1] for r in results)
+
+    rate, throttled = hold(3)
+    alone_rate, alone_throttled = hold(1)  # each probing as if alone: three times the probes
+    assert rate >= 0.97 * RateLimitedApi().rate
+    assert throttled < 0.85 * alone_throttled
+
+
+def test_a_shared_paced_step_is_the_workers_share_and_an_unpaced_one_stays_one() -> None:
+    config = ConcurrencyConfig(hold_after_decrease=0.0, probe_after=0.0)
+    aimd, now = pressed(config)
+    aimd.share_with(4)
+    level = aimd.level
+    now = window(aimd, now, [204] * 3)
+    assert aimd.level == pytest.approx(level + config.paced_increase / 4)
+    aimd.share_with(0)  # never fewer than itself
+    assert aimd.sharers == 1
+    unpaced, now = settled(ConcurrencyConfig(initial=1))
+    unpaced.share_with(4)
+    window(unpaced, now, [204, 204])
+    assert unpaced.limit == 2  # whole steps, as before: no rate limit seen yet
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_from_the_maximum_the_limit_comes_down_within_a_few_seconds(seed: int) -> None:
     api = RateLimitedApi(seed=seed)

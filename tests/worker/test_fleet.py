@@ -18,6 +18,7 @@ from tests.support.waiting import until
 
 from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
+from metricrelay.relay.concurrency import DeliverySlots
 from metricrelay.relay.fleet import Fleet
 from metricrelay.relay.service import open_worker
 
@@ -113,6 +114,8 @@ async def test_two_fleets_share_the_shards_and_hand_them_back_on_stop(
         async with running_fleet(redis_server, scripted_api.url, "fleet-b") as b:
             # b joins: a hands two shards back (after draining them), b takes them
             await until(lambda: _owned_by(owners, {b"fleet-a": 2, b"fleet-b": 2}))
+            # two workers deliver to the one API: each paces its probes as half of one
+            await until(lambda: _sharing(2, a, b))
             await xadd_steps(redis_client, executions, range(50))
             await until(lambda: _delivered(scripted_api, 600))
             # the API holds the points before the worker acknowledges them: wait for the acks;
@@ -125,6 +128,7 @@ async def test_two_fleets_share_the_shards_and_hand_them_back_on_stop(
         gc.collect()
         assert [ref() for ref in b_workers] == [None, None]  # not kept once finished
         await until(lambda: _owned_by(owners, {b"fleet-a": 4}))
+        await until(lambda: _sharing(1, a))
         await xadd_steps(redis_client, executions, range(50, 60))
         await until(lambda: _delivered(scripted_api, 720))
     assert await owners() == dict.fromkeys(owners_names(), None)  # all released on stop
@@ -132,6 +136,17 @@ async def test_two_fleets_share_the_shards_and_hand_them_back_on_stop(
         assert steps == sorted(steps), f"{execution} out of order"
         assert sorted(steps) == list(range(60))
     assert not await redis_client.zrange(KEYS.workers, 0, -1)  # both left the registry
+
+
+def sharers(fleet: Fleet) -> int:
+    """How many delivering workers the fleet's delivery slots were last told of."""
+    slots = getattr(fleet.on_workers, "__self__", None)
+    assert isinstance(slots, DeliverySlots) and slots.aimd is not None
+    return slots.aimd.sharers
+
+
+async def _sharing(count: int, *fleets: Fleet) -> bool:
+    return all(sharers(fleet) == count for fleet in fleets)
 
 
 async def _acked(*fleets: Fleet, want: tuple[int, ...]) -> bool:
@@ -320,6 +335,7 @@ async def test_one_stream_has_one_owner_and_the_others_stand_by(
 
         await until(delivered, timeout=60)
         assert sorted(f.shards_owned for f in fleets) == [0, 0, 1]
+        assert [sharers(f) for f in fleets] == [1, 1, 1]  # one stream: one delivers
         owner = await redis_client.get(ONE.shard(0).lease)
         assert owner is not None and owner.decode().startswith("replica-")
         stop.set()

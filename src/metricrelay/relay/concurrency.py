@@ -173,6 +173,7 @@ class AimdLimit:
         self._recent: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # refused or not
         self.why = ""  # what the last change was for
         self.throttled_at = -math.inf  # the last 429
+        self.sharers = 1  # workers probing the same API (see share_with)
 
     @property
     def limit(self) -> int:
@@ -248,8 +249,15 @@ class AimdLimit:
             self.level = min(float(self.maximum), self.level + self._step())
             self.why = "quick"
 
+    def share_with(self, workers: int) -> None:
+        """``workers`` (this one included) deliver to the same API: paced, each probes upward
+        by its share of ``paced_increase``, so that together they probe as one worker does
+        (independent probes added up at the tenant's shared rate limit: three workers drew
+        three times the 429s of one)."""
+        self.sharers = max(1, workers)
+
     def _step(self) -> float:
-        return self.config.paced_increase if self.paced else 1.0
+        return self.config.paced_increase / self.sharers if self.paced else 1.0
 
     def _decrease(self, now: float) -> None:
         self._ceiling, self._pressed_at = self.level, now
@@ -326,6 +334,11 @@ class DeliverySlots:
     def wait(self, pump: Callable[[], None]) -> None:
         """Call ``pump`` once a slot may be free (it tries again, and waits again if need be)."""
         self._pumps[pump] = None
+
+    def share_with(self, workers: int) -> None:
+        """How many worker processes deliver to the API now (:meth:`AimdLimit.share_with`)."""
+        if self.aimd is not None:
+            self.aimd.share_with(workers)
 
     def throttled(self) -> bool:
         """The API answered 429 in the last THROTTLED_S seconds (adaptive, with

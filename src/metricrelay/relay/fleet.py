@@ -89,8 +89,11 @@ class Fleet:
         tick: float,
         clock: Callable[[], float] = time.monotonic,
         metrics: WorkerMetrics | None = None,
+        on_workers: Callable[[int], None] | None = None,
     ) -> None:
         self.metrics = metrics
+        # told, every tick, how many workers deliver now (live ones, at most one per shard)
+        self.on_workers = on_workers
         self.redis = redis
         self.shards = shards
         self.leases = leases
@@ -209,6 +212,8 @@ class Fleet:
             self._redis_failed(exc, "beating")
             workers = self._workers
         eligible = self._eligible()
+        if self.on_workers is not None:
+            self.on_workers(max(1, min(workers, len(eligible))))
         # one tick to let replicas started together see each other before sharing the shards
         # (one shard is never shared: the first to ask owns it, the others stand by)
         if not self._beaten and len(eligible) > 1:

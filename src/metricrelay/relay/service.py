@@ -155,6 +155,7 @@ async def open_worker(
         parts.budget,
         tick=settings.sharding.lease_ttl / 4,
         metrics=metrics,
+        on_workers=slots.share_with,  # they share the API's rate limit: probe as one
     )
     log.info(
         "worker %s sharing %d shards%s",
