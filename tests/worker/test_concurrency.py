@@ -425,7 +425,7 @@ def test_workers_told_they_share_the_api_probe_as_one_and_draw_fewer_429s() -> N
         return statistics.median(r[0] for r in results), statistics.median(r[1] for r in results)
 
     rate, throttled = hold(3)
-    alone_rate, alone_throttled = hold(1)  # each probing as if alone: three times the probes
+    _, alone_throttled = hold(1)  # each probing as if alone: three times the probes
     assert rate >= 0.97 * RateLimitedApi().rate
     assert throttled < 0.85 * alone_throttled
 
