@@ -525,6 +525,16 @@ def test_paced_slots_book_starts_one_interval_apart_and_waiting_counts_as_demand
     assert slots.start_delay() == 0.0
 
 
+def test_the_pace_is_starts_per_second_once_paced_and_zero_before() -> None:
+    clock = [0.0]
+    slots = DeliverySlots(16, clock=lambda: clock[0])
+    assert slots.pace == 0.0
+    assert slots.aimd is not None
+    clock[0] = pressed_into(slots.aimd)
+    assert slots.pace == pytest.approx(slots.aimd.level / slots.aimd.baseline.mean)
+    assert DeliverySlots(4, ConcurrencyConfig(adaptive=False)).pace == 0.0
+
+
 def pressed_into(aimd: AimdLimit) -> float:
     """Drive a fresh ``aimd`` as :func:`pressed` does; the time of its last answer."""
     aimd.record(0.0, 204, RTT)

@@ -319,6 +319,12 @@ class DeliverySlots:
     def limit(self) -> int:
         return self.maximum if self.aimd is None else self.aimd.limit
 
+    @property
+    def pace(self) -> float:
+        """PATCH starts per second allowed while paced (the gauge's); 0.0 while not paced."""
+        interval = 0.0 if self.aimd is None else self.aimd.interval
+        return 1.0 / interval if interval > 0.0 else 0.0
+
     def try_take(self) -> bool:
         if self.in_use >= self.limit:
             return False

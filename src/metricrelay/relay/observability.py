@@ -42,6 +42,9 @@ class Limited(Protocol):
     @property
     def limit(self) -> int: ...
 
+    @property
+    def pace(self) -> float: ...
+
 
 __all__ = ["LATENCY_BUCKETS", "LOOP_LAG_BUCKETS", "ApiContact", "WorkerMetrics"]
 
@@ -267,6 +270,14 @@ class WorkerMetrics:
             registry=self.registry,
         )
         limit.set_function(lambda: slots.limit)
+        pace = Gauge(
+            "metricrelay_delivery_pace_per_second",
+            "PATCH starts per second the worker allows once the API answered 429 (its adaptive "
+            "level over one round trip, shared with the other workers delivering); 0 while "
+            "not paced.",
+            registry=self.registry,
+        )
+        pace.set_function(lambda: slots.pace)
 
     # ------------------------------------------------------------------ fed by the worker
 
