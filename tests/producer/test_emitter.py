@@ -192,19 +192,25 @@ async def test_async_emitter_round_trip(
     assert sorted(m["step"] for m in resource["metrics"]) == list(range(500))
 
 
+def small_async(server: RedisServer, execution_id: str, **options: Any) -> AsyncEmitter:
+    """An AsyncEmitter whose buffer holds 100 points and whose writer task wakes only when
+    asked (no timed flush)."""
+    return AsyncEmitter(
+        execution_id,
+        redis_url=server.url,
+        max_buffer_bytes=96 * 100,
+        flush_interval=60,
+        **options,
+    )
+
+
 async def test_async_block_policy_makes_room_from_the_loop_itself(
     private_redis: RedisServer,
 ) -> None:
     """A loop that logs without awaiting fills the buffer while the writer task cannot run:
     the call writes the queue's head itself instead of waiting out ``block_timeout`` for a task
     that never gets the loop, and then raising BufferFull."""
-    async with AsyncEmitter(
-        "run-async-full",
-        redis_url=private_redis.url,
-        max_buffer_bytes=96 * 100,
-        block_timeout=5,
-        flush_interval=60,
-    ) as run:
+    async with small_async(private_redis, "run-async-full", block_timeout=5) as run:
         for step in range(3000):
             run.log_metric("loss", 1.0, step=step)
         assert run.blocked > 0 and run.dropped == 0
@@ -218,13 +224,8 @@ async def test_async_block_policy_gives_up_in_time_and_keeps_what_it_had_taken(
     """No spool and Redis away: BufferFull after ``block_timeout``, and the batch the call
     tried to write goes back to the queue's head, so every point it had accepted arrives, in
     order, once Redis is back."""
-    async with AsyncEmitter(
-        "run-async-down",
-        redis_url=private_redis.url,
-        max_buffer_bytes=96 * 100,
-        block_timeout=0.5,
-        spool_max_bytes=0,
-        flush_interval=60,
+    async with small_async(
+        private_redis, "run-async-down", block_timeout=0.5, spool_max_bytes=0
     ) as run:
         private_redis.stop()
         accepted = 0
