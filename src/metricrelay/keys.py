@@ -178,6 +178,12 @@ class Keys:
         return f"{self.prefix}:{kind}:{{*of{self.shards}}}"
 
     @property
+    def refusals(self) -> str:
+        """A counter of the 429s the API answered to any worker of this prefix: each worker
+        adds its own and reads the others' (relay/refusals.py)."""
+        return f"{self.prefix}:refusals"
+
+    @property
     def replay_lock(self) -> str:
         """Held by the one ``replay`` or ``dead purge`` changing dead letters (value: who)."""
         return f"{self.prefix}:replay:lock"

@@ -317,6 +317,7 @@ class RateLimitedApi:
 
     rate: float = 20.0
     seed: int = 7
+    share_refusals: bool = False  # each 429 is told to the other workers (refusals.py)
     now: float = 0.0
     events: list[tuple[float, int, Callable[[], None]]] = field(default_factory=list)
     answers: list[tuple[float, int]] = field(default_factory=list)
@@ -326,6 +327,7 @@ class RateLimitedApi:
         self.tokens = self.rate
         self.refilled = 0.0
         self._seq = 0
+        self.workers: list[DeliverySlots] = []
 
     def at(self, when: float, action: Callable[[], None]) -> None:
         self._seq += 1
@@ -341,6 +343,7 @@ class RateLimitedApi:
 
     def worker(self, config: ConcurrencyConfig) -> DeliverySlots:
         slots = DeliverySlots(16, config, clock=lambda: self.now)
+        self.workers.append(slots)
 
         def pump() -> None:
             while slots.try_take():
@@ -365,6 +368,10 @@ class RateLimitedApi:
             status = 204 if self.admit() else 429
             self.answers.append((self.now, status))
             slots.request_finished(status, self.now - sent)
+            if status == 429 and self.share_refusals:
+                for other in self.workers:
+                    if other is not slots:
+                        other.peers_refused(1)
             if status == 204:
                 slots.give()
                 return
@@ -428,6 +435,26 @@ def test_workers_told_they_share_the_api_probe_as_one_and_draw_fewer_429s() -> N
     _, alone_throttled = hold(1)  # each probing as if alone: three times the probes
     assert rate >= 0.97 * RateLimitedApi().rate
     assert throttled < 0.85 * alone_throttled
+
+
+def test_workers_told_of_each_others_429s_back_off_together_and_draw_few() -> None:
+    def hold(workers: int, share_refusals: bool) -> tuple[float, float]:
+        results = []
+        for seed in range(1, 9):
+            api = RateLimitedApi(seed=seed, share_refusals=share_refusals)
+            for slots in [api.worker(ConcurrencyConfig()) for _ in range(workers)]:
+                slots.share_with(workers)
+            api.run(120.0)
+            results.append(api.after(10.0, 120.0))
+        return statistics.median(r[0] for r in results), statistics.median(r[1] for r in results)
+
+    alone_rate, alone = hold(1, share_refusals=True)
+    for workers in (3, 5):
+        rate, throttled = hold(workers, share_refusals=True)
+        _, unshared = hold(workers, share_refusals=False)
+        assert rate >= 0.97 * alone_rate
+        assert throttled < 0.5 * unshared  # 6.5 -> 2.5 % (3 workers), 8.3 -> 2.0 % (5)
+        assert throttled <= alone  # as one flow: no more than a single worker draws
 
 
 def test_a_shared_paced_step_is_the_workers_share_and_an_unpaced_one_stays_one() -> None:

@@ -313,6 +313,8 @@ class DeliverySlots:
         self.in_use = 0
         self.requests = 0  # PATCHes awaiting an answer (a delivery may be sleeping instead)
         self._pumps: dict[Callable[[], None], None] = {}  # an ordered set, first come first
+        self.on_throttled: Callable[[], None] | None = None  # told of each 429 (refusals.py)
+        self.peer_refusals = 0  # 429s answered to other workers, as told (refusals.py)
         self._next_start = -math.inf  # the earliest time the next PATCH may start (pacing)
 
     @property
@@ -373,8 +375,22 @@ class DeliverySlots:
         if self.aimd is not None and self.requests >= self.limit:
             self.aimd.reached()
 
+    def peers_refused(self, count: int) -> None:
+        """Other workers sharing the API got ``count`` 429s: back pressure here too, as if
+        answered to a PATCH sent one round trip ago (so that the workers decrease together,
+        as one flow, instead of each probing on until the limit refuses it too)."""
+        self.peer_refusals += count
+        aimd = self.aimd
+        if aimd is None or aimd.baseline.mean is None:
+            return
+        now = self.clock()
+        for _ in range(count):
+            aimd.record(now, 429, aimd.baseline.mean)
+
     def request_finished(self, result: int | str, seconds: float) -> None:
         self.requests -= 1
+        if result == 429 and self.on_throttled is not None:
+            self.on_throttled()
         if self.aimd is None:
             return
         before = self.aimd.limit

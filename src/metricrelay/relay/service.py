@@ -29,6 +29,7 @@ from metricrelay.relay.entries import EntryBook, MemoryBudget
 from metricrelay.relay.fleet import Fleet, FleetShards
 from metricrelay.relay.leases import Leases
 from metricrelay.relay.observability import WorkerMetrics
+from metricrelay.relay.refusals import SharedRefusals
 from metricrelay.relay.stream import EventStream
 from metricrelay.relay.worker import Worker
 from metricrelay.retry import RetryPolicy
@@ -141,6 +142,10 @@ async def open_worker(
         old = Keys(settings.redis.prefix, settings.sharding.drain_shards).all_shards()
     shards = FleetShards(current, old)
     slots = parts.slots()  # one limit for every shard together
+    if slots.aimd is not None:  # the other workers' 429s are back pressure here too
+        refusals = SharedRefusals(client, keys.refusals, slots)
+        refusals.start()
+        stack.push_async_callback(refusals.stop)
     pool = (
         "" if settings.sharding.only_shards is None else format_shard_list(settings.owned_shards())
     )
