@@ -267,6 +267,7 @@ def test_every_metric_the_dashboard_and_the_alerts_name_is_exported(tmp_path: Pa
             # the adaptive limit's gauge reads the live slots: at its maximum, nothing pushed back
             assert _value(url, "metricrelay_delivery_limit") == 5
             assert _value(url, "metricrelay_delivery_pace_per_second") == 0  # no 429 yet
+            assert _value(url, "metricrelay_peer_refusals_total") == 0  # nor another's
         finally:
             stack.stop()
     missing = {name: sorted(where) for name, where in names_used().items() if name not in exported}

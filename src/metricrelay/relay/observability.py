@@ -45,6 +45,9 @@ class Limited(Protocol):
     @property
     def pace(self) -> float: ...
 
+    @property
+    def peer_refusals(self) -> int: ...
+
 
 __all__ = ["LATENCY_BUCKETS", "LOOP_LAG_BUCKETS", "ApiContact", "WorkerMetrics"]
 
@@ -103,6 +106,21 @@ class _TokenCollector:
             "metricrelay_token_failures",
             "Token requests the token service failed or refused.",
             value=getattr(self._tokens, "failures", 0),
+        )
+
+
+class _PeerRefusals:
+    """429s the API answered to the other workers, as this one heard of them (refusals.py)."""
+
+    def __init__(self, slots: Limited) -> None:
+        self._slots = slots
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "metricrelay_peer_refusals",
+            "429s the API answered to the other workers sharing it, heard through Redis: back "
+            "pressure for this worker's delivery limit too.",
+            value=self._slots.peer_refusals,
         )
 
 
@@ -278,6 +296,7 @@ class WorkerMetrics:
             registry=self.registry,
         )
         pace.set_function(lambda: slots.pace)
+        self.registry.register(_PeerRefusals(slots))
 
     # ------------------------------------------------------------------ fed by the worker
 
