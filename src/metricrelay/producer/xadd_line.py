@@ -11,6 +11,7 @@ may be left unread) and raises, for the caller's retry or spool, as the pipeline
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from redis import ConnectionPool
@@ -26,7 +27,7 @@ class XaddLine:
         self._pool = pool
         self._connection: Any = None
 
-    def xadd(self, records: Any) -> list[Any]:
+    def xadd(self, records: Sequence[tuple[str, bytes]]) -> list[Any]:
         """The ids Redis gave, in order; raises what the first failing reply or the socket
         raised."""
         connection = self._connection

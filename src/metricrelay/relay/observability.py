@@ -90,38 +90,15 @@ class ApiContact:
         return 0.0 if self.failing_since is None else self._clock() - self.failing_since
 
 
-class _TokenCollector:
-    """Token requests, read from the provider at scrape time (only OAuth makes any)."""
+class _ReadAtScrape:
+    """Counters other objects keep, read at scrape time: ``(name, documentation, read)``."""
 
-    def __init__(self, tokens: object) -> None:
-        self._tokens = tokens
-
-    def collect(self) -> Iterable[Metric]:
-        yield CounterMetricFamily(
-            "metricrelay_token_refreshes",
-            "Access tokens obtained from the token service.",
-            value=getattr(self._tokens, "refreshes", 0),
-        )
-        yield CounterMetricFamily(
-            "metricrelay_token_failures",
-            "Token requests the token service failed or refused.",
-            value=getattr(self._tokens, "failures", 0),
-        )
-
-
-class _PeerRefusals:
-    """429s the API answered to the other workers, as this one heard of them (refusals.py)."""
-
-    def __init__(self, slots: Limited) -> None:
-        self._slots = slots
+    def __init__(self, *counters: tuple[str, str, Callable[[], float]]) -> None:
+        self._counters = counters
 
     def collect(self) -> Iterable[Metric]:
-        yield CounterMetricFamily(
-            "metricrelay_peer_refusals",
-            "429s the API answered to the other workers sharing it, heard through Redis: back "
-            "pressure for this worker's delivery limit too.",
-            value=self._slots.peer_refusals,
-        )
+        for name, documentation, read in self._counters:
+            yield CounterMetricFamily(name, documentation, value=read())
 
 
 class WorkerMetrics:
@@ -278,7 +255,20 @@ class WorkerMetrics:
         )
         full.set_function(lambda: 0 if worker.redis_full_since is None else 1)
         self._watched = worker
-        r.register(_TokenCollector(tokens))
+        r.register(  # token requests (only OAuth makes any)
+            _ReadAtScrape(
+                (
+                    "metricrelay_token_refreshes",
+                    "Access tokens obtained from the token service.",
+                    lambda: getattr(tokens, "refreshes", 0),
+                ),
+                (
+                    "metricrelay_token_failures",
+                    "Token requests the token service failed or refused.",
+                    lambda: getattr(tokens, "failures", 0),
+                ),
+            )
+        )
 
     def _watch_limit(self, slots: Limited) -> None:
         limit = Gauge(
@@ -296,7 +286,13 @@ class WorkerMetrics:
             registry=self.registry,
         )
         pace.set_function(lambda: slots.pace)
-        self.registry.register(_PeerRefusals(slots))
+        peers = (
+            "metricrelay_peer_refusals",
+            "429s the API answered to the other workers sharing it, heard through Redis: back "
+            "pressure for this worker's delivery limit too.",
+            lambda: slots.peer_refusals,
+        )
+        self.registry.register(_ReadAtScrape(peers))
 
     # ------------------------------------------------------------------ fed by the worker
 

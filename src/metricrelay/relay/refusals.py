@@ -71,7 +71,8 @@ class SharedRefusals:
         finally:
             self._counting -= 1
         self._mine.add(value)
-        self.caught_up(value)
+        if not self._counting:  # every value of ours known (replies may come in any order)
+            self.caught_up(max(self._mine))
 
     async def _poll(self) -> None:
         while True:
