@@ -46,6 +46,7 @@ from typing import Any
 
 from tests.support.waiting import until
 
+from bench.report import spread, write_results
 from bench.worker import (
     TOKEN,
     Api,
@@ -54,8 +55,6 @@ from bench.worker import (
     _proc_cpu,
     api_process,
     column,
-    spread,
-    write_results,
 )
 from metricrelay.connection import async_client, sync_client
 from metricrelay.devtools import demo_stack
@@ -431,7 +430,7 @@ def main(argv: list[str]) -> int:
     print_table(out)
     sized = {**sizes.__dict__, "shards": SHARDS, "lease_ttl_s": float(LEASE_TTL_S)}
     topology = "Redis Cluster, 3 masters + 3 replicas, on loopback"
-    write_results(args.out, sizes.runs, sized, out, topology=topology)
+    write_results(args.out, out, runs=sizes.runs, sizes=sized, topology=topology)
     return 0
 
 

@@ -20,19 +20,18 @@ table gives median/min/max over the runs and the ratios. Targets (issue 16): cal
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
-import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 import redis
 
+from bench import report
 from bench.workloads import NAMES
 from metricrelay import Emitter
 from metricrelay.devtools.embedded import RedisServer
@@ -125,12 +124,7 @@ def points_in(client: redis.Redis, stream: str) -> int:
     return sum(len(orjson.loads(fields[b"resource"]).get("metrics", [])) for _, fields in entries)
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(values), 4),
-        "min": round(min(values), 4),
-        "max": round(max(values), 4),
-    }
+spread = partial(report.spread, digits=4)
 
 
 def measure(size: Size) -> dict[str, Any]:
@@ -207,15 +201,7 @@ def sized_args(argv: list[str], name: str, doc: str | None, results: Path) -> ar
 
 
 def write_result(out: Path, size: Size, result: dict[str, Any]) -> None:
-    machine = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "runs": size.runs,
-        "steps": size.steps,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, **result}, indent=2) + "\n")
-    print(f"wrote {out}")
+    report.write_results(out, result, runs=size.runs, steps=size.steps)
 
 
 def main(argv: list[str]) -> int:

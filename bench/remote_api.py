@@ -41,7 +41,7 @@ from typing import Any
 import redis
 
 from bench.remote_children import API_FLAGS, MODES, api_child, worker_child
-from bench.worker import spread, write_results
+from bench.report import spread, write_results
 from bench.workloads import W4
 from metricrelay.devtools.embedded import RedisServer
 from metricrelay.keys import Keys
@@ -253,7 +253,7 @@ def main(argv: list[str]) -> int:
         sizes = replace(sizes, workers=tuple(int(n) for n in args.workers.split(",")))
     out = measure(sizes)
     print_table(out, sizes)
-    write_results(args.out, sizes.runs, sizes.__dict__, out)
+    write_results(args.out, out, runs=sizes.runs, sizes=sizes.__dict__)
     return 0
 
 

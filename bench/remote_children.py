@@ -30,7 +30,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from bench.worker import TOKEN, _drain_lines, percentile
+from bench.report import percentile
+from bench.worker import TOKEN, _drain_lines
 from metricrelay.relay.concurrency import ConcurrencyConfig
 
 API_FLAGS: Final = ("--latency-ms", "50-200", "--fail-rate", "0.01", "--retry-after", "1")

@@ -34,7 +34,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import random
 import statistics
 import tempfile
@@ -42,11 +41,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from bench import report
 from bench.workloads import NAMES
 from metricrelay.devtools.demo_stack import DEMO_TOKEN, start_api
 from metricrelay.devtools.embedded import RedisServer, free_port
@@ -277,12 +278,7 @@ def thread_cpu_ns(native_id: int | None) -> int:
     return int(fields[0])
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(values), 3),
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
-    }
+spread = partial(report.spread, digits=3)
 
 
 def bootstrap_median(values: list[float], rounds: int = 2000) -> list[float]:
@@ -456,18 +452,14 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     result = measure(size, args.flush_interval)
     print_table(result, size)
-    machine = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch_threads_per_rank": 1,
-        "emitter_flush_interval": args.flush_interval,
-        "seconds": round(time.monotonic() - started, 1),
+    report.write_results(
+        args.out,
+        result,
+        torch_threads_per_rank=1,
+        emitter_flush_interval=args.flush_interval,
+        seconds=round(time.monotonic() - started, 1),
         **asdict(size),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, **result}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    )
     return 0
 
 

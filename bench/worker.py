@@ -29,14 +29,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import queue
 import random
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -55,6 +52,7 @@ import redis.asyncio as redis_asyncio
 from tests.support.waiting import until_sync
 
 from bench import workloads
+from bench.report import percentile, spread, write_results
 from bench.workloads import Entry
 from metricrelay.devtools import demo_stack
 from metricrelay.devtools.demo_stack import ChildProcess
@@ -486,17 +484,8 @@ def latency(server: RedisServer, sizes: Sizes, rate: float) -> list[list[float]]
 # --- the report --------------------------------------------------------------------------------
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def column(rows: list[dict[str, float]], name: str) -> dict[str, float]:
     return spread([row[name] for row in rows])
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
 def measure(sizes: Sizes) -> dict[str, Any]:
@@ -589,25 +578,8 @@ def main(argv: list[str]) -> int:
     sizes = TINY if args.tiny else FULL if args.full else STANDARD
     out = measure(sizes)
     print_table(out)
-    write_results(args.out, sizes.runs, sizes.__dict__, out)
+    write_results(args.out, out, runs=sizes.runs, sizes=sizes.__dict__)
     return 0
-
-
-def write_results(
-    path: Path, runs: int, sizes: dict[str, Any], out: dict[str, Any], **machine: Any
-) -> None:
-    """``out`` as JSON under a description of the machine and the sizes measured."""
-    described = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "runs": runs,
-        "sizes": sizes,
-        **machine,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": described, **out}, indent=2))
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
