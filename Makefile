@@ -32,7 +32,7 @@ $(BIN)/promtool: | $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench hatch_build.py
 	$(BIN)/ruff format --check src tests bench hatch_build.py
-	$(BIN)/mypy --strict src hatch_build.py
+	$(BIN)/mypy --strict src hatch_build.py bench
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench hatch_build.py

@@ -104,7 +104,7 @@ def measure(label: str) -> list[dict[str, Any]]:
         "decode: native + msgspec (intake)": lambda: decode_all(entries, path="intake"),
         "coalesce+encode": lambda: coalesce_all(fragments),
     }
-    rows = []
+    rows: list[dict[str, Any]] = []
     for stage, work in stages.items():
         rates = sorted(points / timed(work) for _ in range(RUNS))
         rows.append(

@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -286,7 +286,7 @@ async def _ceiling(url: str, entries: int) -> tuple[float, float, float]:
         reply = await client.xreadgroup(CEILING_GROUP, "c", {KEYS.events: ">"}, count=1000)
         if not reply:
             break
-        rows = reply[0][1]
+        rows: list[tuple[bytes, dict[bytes, bytes]]] = cast(Any, reply)[0][1]
         for _, fields in rows:
             with contextlib.suppress(orjson.JSONDecodeError):  # W4's NaN: not JSON
                 orjson.loads(fields[b"resource"])

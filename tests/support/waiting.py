@@ -50,7 +50,7 @@ def _describe(condition: Callable[..., object]) -> str:
 
 
 async def until(
-    condition: Callable[[], T | Awaitable[T]],
+    condition: Callable[[], T | Awaitable[T | None] | None],
     *,
     timeout: float = TIMEOUT_S,
     interval: float = INTERVAL_S,
@@ -67,13 +67,13 @@ async def until(
         if inspect.isawaitable(result):
             result = await result
         if result:
-            return result  # type: ignore[return-value]
+            return result
         deadline.check(result)
         await asyncio.sleep(interval)  # polling: Redis and other processes give no event
 
 
 def until_sync(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     *,
     timeout: float = TIMEOUT_S,
     interval: float = INTERVAL_S,
