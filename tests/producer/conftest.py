@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from tests.support.mlflow import point_mlflow
 
 from metricrelay.api import ApiConfig
 from metricrelay.api.server import BackgroundServer
@@ -49,3 +51,10 @@ def private_redis() -> Iterator[RedisServer]:
     """A redis-server of this test alone (it may be stopped and restarted), with AOF."""
     with RedisServer(appendonly="always") as server:
         yield server
+
+
+@pytest.fixture
+def mlflow_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], Any]]:
+    """``point(url)``: the MLflow client logs to ``url``, with no retries (a refusal is final
+    and must show at once) and no run left active from an earlier test."""
+    yield from point_mlflow(monkeypatch)

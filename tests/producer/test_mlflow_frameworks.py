@@ -9,14 +9,13 @@ from typing import Any
 
 import orjson
 import pytest
-from tests.producer.test_mlflow_ingest import by_name, ingest_process, mlflow_env, relay
+from tests.support.mlflow import by_name, ingest_process, relay
 
 from metricrelay.api.server import BackgroundServer
 from metricrelay.devtools.embedded import RedisServer
 
 pytestmark = pytest.mark.integration  # redis-server, the reference API, the ingest
 
-__all__ = ["mlflow_env"]  # the fixture, used by name
 
 STEPS = 6
 

@@ -10,12 +10,10 @@ from typing import Any
 import orjson
 import pytest
 import requests
-from tests.producer.test_mlflow_ingest import ingest_process, mlflow_env, stream_entries
+from tests.support.mlflow import ingest_process, stream_entries
 
 from metricrelay.devtools.embedded import RedisServer
 from metricrelay.producer.ingest_auth import is_loopback, warn_if_exposed
-
-__all__ = ["mlflow_env"]  # the fixture, used by name
 
 TOKEN = "ingest-token-0123456789"
 BODY = orjson.dumps({"executionId": "run-token-1", "metrics": [{"name": "loss", "value": 1}]})

@@ -130,8 +130,13 @@ class TokenIssuer:
         if not client_id:
             raise OAuthError(401, "invalid_client", "Missing client credentials")
         if self._client_id is not None and not (
-            hmac.compare_digest(client_id.encode(), self._client_id.encode())
-            and hmac.compare_digest(client_secret.encode(), (self._client_secret or "").encode())
+            hmac.compare_digest(
+                client_id.encode("utf-8", "surrogatepass"), self._client_id.encode()
+            )
+            and hmac.compare_digest(
+                client_secret.encode("utf-8", "surrogatepass"),
+                (self._client_secret or "").encode(),
+            )
         ):
             raise OAuthError(401, "invalid_client", "Bad credentials")
         return self._new_grant(client_id, grant_type, token_url)
@@ -166,7 +171,7 @@ class TokenIssuer:
         if scheme.lower() != "bearer" or not token:
             raise unauthorized("Missing bearer token (Authorization: Bearer <token>)")
         if self._static_token is not None and hmac.compare_digest(
-            token.encode(), self._static_token.encode()
+            token.encode("utf-8", "surrogatepass"), self._static_token.encode()
         ):
             return
         try:

@@ -37,7 +37,8 @@ def token_middleware(token: str | None) -> Middleware:
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if expected is None:
             return await handler(request)
-        given = request.headers.get("Authorization", "").encode()
+        # surrogatepass: a header byte that is not UTF-8 arrives as a lone surrogate
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogatepass")
         # compare_digest takes as long whatever prefix matches: the token cannot be guessed
         # byte by byte from the answer's timing.
         if hmac.compare_digest(given, expected):

@@ -18,7 +18,7 @@ from typing import Any, Final
 from metricrelay.models import EXECUTION_ID_PATTERN
 from metricrelay.producer.mlflow_errors import MlflowError, invalid
 
-__all__ = ["DEFAULT_EXPERIMENT", "Experiment", "Registry", "Run"]
+__all__ = ["DEFAULT_EXPERIMENT", "Experiment", "Registry", "Run", "run_status"]
 
 DEFAULT_EXPERIMENT: Final = "0"
 _DEFAULT_NAME: Final = "Default"
@@ -90,13 +90,15 @@ class Run:
         }
         return {"info": self.info(), "data": data, "inputs": {}}
 
-    def set_status(self, status: object) -> None:
-        if isinstance(status, int) and 1 <= status <= len(_STATUSES):
-            status = _STATUSES[status - 1]
-        if status not in _STATUSES:
-            raise invalid(f"status must be one of {', '.join(_STATUSES)}: {status!r}")
-        assert isinstance(status, str)
-        self.status = status
+
+def run_status(status: object) -> str:
+    """A run status as MLflow sends it (its name, or its number in the proto enum), checked."""
+    if isinstance(status, int) and 1 <= status <= len(_STATUSES):
+        status = _STATUSES[status - 1]
+    if status not in _STATUSES:
+        raise invalid(f"status must be one of {', '.join(_STATUSES)}: {status!r}")
+    assert isinstance(status, str)
+    return status
 
 
 class Registry:

@@ -43,7 +43,7 @@ from metricrelay.producer.mlflow_errors import (
     mlflow_response,
     not_implemented,
 )
-from metricrelay.producer.mlflow_registry import DEFAULT_EXPERIMENT, Registry, Run
+from metricrelay.producer.mlflow_registry import DEFAULT_EXPERIMENT, Registry, Run, run_status
 
 __all__ = ["add_mlflow_routes", "mlflow_error_middleware"]
 
@@ -69,6 +69,10 @@ async def _body(request: web.Request) -> dict[str, Any]:
             document = json.loads(raw)
         except ValueError:
             raise invalid("the request body is not JSON") from None
+        try:  # it may also hold escaped lone surrogates ("\\udc80"): no text the API takes
+            orjson.dumps(document)
+        except orjson.JSONEncodeError:
+            raise invalid("the request body holds text that is not valid Unicode") from None
     if not isinstance(document, dict):
         raise invalid("the request body must be a JSON object")
     return document
@@ -90,7 +94,9 @@ async def _write(
     tags: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,
 ) -> None:
-    """Append what a call logged to its run's execution, as one fragment, checked first."""
+    """Append what a call logged to its run's execution, as one fragment, checked first; the
+    run takes on its params, tags and name only once they are written (a call that failed is
+    repeated by the client and must find nothing done)."""
     ai_tags = tag_items(tags or {})
     async with run.lock:
         merged = {**run.params, **params} if params else None
@@ -104,9 +110,11 @@ async def _write(
         if len(document) > 1:
             _check(document)
             await append_document(request.app, document, resource_group_of(request))
-        if merged is not None:
-            run.params = merged
+        if params:  # in place: the runs of a fixed execution id share one params object
+            run.params.update(params)
         run.tags.update(tags or {})
+        if tags and RUN_NAME_TAG in tags:
+            run.name = tags[RUN_NAME_TAG]
 
 
 def _check(document: dict[str, Any]) -> None:
@@ -156,7 +164,7 @@ async def _run_create(request: web.Request) -> web.Response:
     run = registry.create_run(
         request.app[CONFIG].execution_id, experiment.experiment_id, integer(body, "start_time")
     )
-    run.name, run.user_id = name, text(body, "user_id", required=False)
+    run.user_id = text(body, "user_id", required=False)
     await _write(request, run, tags={**tags, _EXPERIMENT_TAG: experiment.name})
     log.info("MLflow run %s (experiment %r) started", run.run_id, experiment.name)
     return _reply({"run": run.to_json()})
@@ -174,13 +182,14 @@ async def _run_get(request: web.Request) -> web.Response:
 async def _run_update(request: web.Request) -> web.Response:
     body = await _body(request)
     run = _run_of(request, body)
-    if body.get("status") is not None:
-        run.set_status(body["status"])
-    run.end_ms = integer(body, "end_time", run.end_ms)
+    status = None if body.get("status") is None else run_status(body["status"])
+    end_ms = integer(body, "end_time", run.end_ms)
     name = text(body, "run_name", required=False)
-    if name and name != run.name:
-        run.name = name
+    if name and name != run.name:  # written first: a refused name leaves the run as it was
         await _write(request, run, tags={RUN_NAME_TAG: name})
+    if status is not None:
+        run.status = status
+    run.end_ms = end_ms
     return _reply({"run_info": run.info()})
 
 
@@ -214,10 +223,7 @@ async def _log_parameter(request: web.Request) -> web.Response:
 async def _set_tag(request: web.Request) -> web.Response:
     body = await _body(request)
     run = _run_of(request, body)
-    tags = key_values([body], "tag")
-    if RUN_NAME_TAG in tags:
-        run.name = tags[RUN_NAME_TAG]
-    await _write(request, run, tags=tags)
+    await _write(request, run, tags=key_values([body], "tag"))
     return _reply()
 
 
