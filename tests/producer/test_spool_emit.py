@@ -60,7 +60,7 @@ def test_redis_down_spools_exits_3_and_spool_replay_delivers_every_point_in_orde
     assert f"5 entries wait in the spool in {spool}" in done.stderr
     assert "metricrelay spool replay" in done.stderr
     [segment] = spool.glob("*.spool")
-    assert re.fullmatch(r"emit@\d+\.00000000\.spool", segment.name)
+    assert re.fullmatch(r"emit@\d+-[0-9a-f]{8}\.00000000\.spool", segment.name)
 
     listed = run_cli("spool", "replay", str(spool), "--dry-run")  # executions, from the records
     assert listed.returncode == 0, listed.stderr

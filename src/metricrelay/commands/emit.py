@@ -8,8 +8,8 @@ shard (keys.py).
 
 While Redis is unreachable the fragments go to the Emitter's disk spool instead
 (``--spool-dir`` or ``METRICRELAY_SPOOL_DIR``, ``METRICRELAY_SPOOL_MAX_BYTES``,
-``METRICRELAY_SPOOL_FSYNC``; files ``emit@<pid>.<n>.spool``) and are replayed in order as soon
-as Redis answers again. At the end of the input, if Redis stayed away for ``--wait`` seconds,
+``METRICRELAY_SPOOL_FSYNC``; files ``emit@<pid>-<hex>.<n>.spool``) and are replayed in order as
+soon as Redis answers again. At the end of the input, if Redis stayed away for ``--wait`` seconds,
 the spool is left on disk: ``metricrelay spool replay`` (or the next ``metricrelay emit``)
 sends it.
 

@@ -139,6 +139,9 @@ def _replay_all(redis: Any, leftovers: list[Leftover], where: str) -> int:
                 except RedisError as exc:
                     log.error("cannot replay %s into Redis at %s: %s", leftover.name, where, exc)
                     return EXIT_ERROR
+                except OSError as exc:
+                    log.error("cannot read or update the spool %s: %s", leftover.name, exc)
+                    return EXIT_ERROR
     for problem in total.torn:
         log.warning("skipped a torn last record: %s", problem)
     for problem in total.corrupt:

@@ -143,6 +143,7 @@ class AsyncEmitter(_Core):
         try:
             if self._over(cost):
                 markers = self._write_next(give_up=lambda: time.monotonic() >= deadline)
+                self._follow_diverter()  # before a flush's marker fires: it may have spooled
                 for marker in markers or ():
                     marker.callback()
         finally:
@@ -155,11 +156,15 @@ class AsyncEmitter(_Core):
     async def _off_loop(self, work: Callable[[], T]) -> T:
         """The Diverter's blocking work, in a thread; then what the loop awaits follows it."""
         result = await asyncio.to_thread(self._locked, work)
+        self._follow_diverter()
+        return result
+
+    def _follow_diverter(self) -> None:
+        """On the loop: ``_drained`` as the Diverter's (a thread's Event cannot be awaited)."""
         if self._diverter.drained.is_set():
             self._drained.set()
         else:
             self._drained.clear()
-        return result
 
     async def _drain(self) -> None:
         """The Diverter's catching up, in a thread; no thread at all while it is not behind

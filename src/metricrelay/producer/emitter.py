@@ -160,6 +160,7 @@ class _Core:
     def __init__(self, config: EmitterConfig) -> None:
         self.config = config
         self._queue: deque[Points | Named | Marker] = deque()
+        self._held = 0  # calls in the batch the writer is trying to write
         self._queued_bytes = 0  # grows in the caller's thread
         self._written_bytes = 0  # grows in the writer
         self._space = threading.Event()
@@ -386,6 +387,7 @@ class _Core:
         ``give_up``: retry only until it says so, then put the batch back at the queue's head
         (and return no markers)."""
         ops, markers, fragments = self._next_batch()
+        self._held = len(ops)
         # nothing logged is lost: to Redis, else to the spool, else retried; the memory
         # buffer half full means Redis is slower than the training: spool
         where, ids = self._diverter.deliver(
@@ -393,6 +395,7 @@ class _Core:
             pressure=2 * (self._queued_bytes - self._written_bytes) > self._max_bytes,
             stop=give_up or (lambda: self._stop and self._closed),
         )
+        self._held = 0
         if where == "stopped":
             if give_up is not None:
                 self._queue.extendleft(reversed([*ops, *markers]))
@@ -416,7 +419,9 @@ class _Core:
     # -- closing ------------------------------------------------------------------------------
 
     def _unwritten(self) -> None:
-        log.error("closing with %d operations not written to Redis", len(self._queue))
+        """Say what close() leaves unwritten: the calls queued and those the writer holds."""
+        queued = sum(not isinstance(op, Marker) for op in list(self._queue))
+        log.error("closing with %d operations not written to Redis", queued + self._held)
 
     def _closed_down(self, writer_done: bool) -> None:
         """After the writer stopped: give the spool up (unless the writer still holds it) and

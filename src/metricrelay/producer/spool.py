@@ -1,6 +1,8 @@
 """One process's spool on local disk: where the Emitter's fragments wait while Redis is away.
 
-Files of one process share a name ``<execution>@<pid>``: segments ``.<n>.spool`` (append-only,
+Files of one spool share a name ``<execution>@<pid>-<8 hex>`` (random: a container's process
+has the same pid at every start, and a process may open a second spool of an execution after
+closing the first): segments ``.<n>.spool`` (append-only, created afresh,
 records framed by :mod:`spool_format`), a commit mark ``.commit`` (how far they reached
 Redis) and a ``.lock`` the process holds (``flock``) while it lives, so that a replay never
 takes over the spool of a live process, and does take over one of a process that died — the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Final, Literal
@@ -77,7 +80,7 @@ class Spool:
     ) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.directory = directory
-        self.name = f"{execution_id}@{os.getpid()}"
+        self.name = f"{execution_id}@{os.getpid()}-{secrets.token_hex(4)}"
         self.max_bytes = max_bytes
         self.fsync = fsync
         self.segment_bytes = segment_bytes
@@ -108,18 +111,34 @@ class Spool:
         if self.disk_bytes + size > self.max_bytes:
             return False
         fd = self._segment_for(size)
-        if self.fsync == "always":
-            for frame in frames:
-                _write_all(fd, frame)
-                os.fsync(fd)
-        else:
-            _write_all(fd, b"".join(frames))
-            if self.fsync == "batch":
-                os.fsync(fd)
+        try:
+            if self.fsync == "always":
+                for frame in frames:
+                    _write_all(fd, frame)
+                    os.fsync(fd)
+            else:
+                _write_all(fd, b"".join(frames))
+                if self.fsync == "batch":
+                    os.fsync(fd)
+        except OSError:
+            self._undo_append(fd)
+            raise
         self._sizes[self._write_number] += size
         self.pending += len(frames)
         self.appended += len(frames)
         return True
+
+    def _undo_append(self, fd: int) -> None:
+        """A write or fsync failed (disk full, I/O error): nothing of this batch may stay, or
+        its retry would come after a half record, or twice. Cut the segment back to its last
+        whole record; if even that fails, leave it (reads stop at the size counted) for a new
+        segment."""
+        try:
+            os.ftruncate(fd, self._sizes[self._write_number])
+        except OSError:
+            os.close(fd)
+            self._write_fd = None
+            self._write_number += 1
 
     def _segment_for(self, size: int) -> int:
         current = self._sizes.get(self._write_number)
@@ -129,7 +148,8 @@ class Spool:
             self._write_number += 1
         if self._write_fd is None:
             path = segment_path(self.directory, self.name, self._write_number)
-            self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND  # never another's file
+            self._write_fd = os.open(path, flags, 0o600)
             self._sizes[self._write_number] = 0
             if self.fsync != "never":  # the new name must survive a crash too
                 dir_fd = os.open(self.directory, os.O_RDONLY)
@@ -153,12 +173,13 @@ class Spool:
                 continue
             reader = self._open_reader(number)
             scan = Scan()
-            batch = list(_read_records(reader, offset, scan, limit - len(found)))
+            size = self._sizes[number]
+            batch = list(_read_records(reader, offset, scan, limit - len(found), end=size))
             found += [(number, record) for record in batch]
             if scan.status != "clean":  # our own file: only a disk fault gets here
                 self.torn = scan
                 break
-            offset = batch[-1].end if batch else self._sizes[number]
+            offset = batch[-1].end if batch else size
         return found
 
     def _open_reader(self, number: int) -> BinaryIO:

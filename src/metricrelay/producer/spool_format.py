@@ -93,20 +93,21 @@ def _split(payload: bytes) -> tuple[str, bytes] | None:
 
 
 def read_records(
-    file: BinaryIO, start: int, scan: Scan, limit: int | None = None
+    file: BinaryIO, start: int, scan: Scan, limit: int | None = None, end: int | None = None
 ) -> Iterator[Record]:
-    """The whole records of ``file`` from offset ``start`` (at most ``limit``); ``scan`` tells,
-    once the iterator is exhausted, how it ended and where."""
+    """The whole records of ``file`` from offset ``start`` (at most ``limit``; none from ``end``
+    on, where the writer knows its last whole record ends); ``scan`` tells, once the iterator
+    is exhausted, how it ended and where."""
     file.seek(0, 2)
-    scan.size = file.tell()
+    scan.size = file.tell() if end is None else min(file.tell(), end)
     file.seek(start)
     position, count = start, 0
     while limit is None or count < limit:
         scan.at = position
-        header = file.read(HEADER)
-        if not header:
+        if position >= scan.size:
             scan.status = "clean"
             return
+        header = file.read(HEADER)
         if len(header) < HEADER:
             scan.status = "torn"
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -26,8 +27,9 @@ from metricrelay.producer.spool_format import read_records as _read_records
 
 __all__ = ["Leftover", "Outcome", "claim", "find_leftovers", "replay", "summarize"]
 
+# <execution>@<pid>-<8 hex>; spools of earlier versions had no random part
 _SEGMENT: Final = re.compile(
-    r"^(?P<name>(?P<execution>[\w.-]+)@(?P<pid>\d+))\.(?P<n>\d{8})\.spool$"
+    r"^(?P<name>(?P<execution>[\w.-]+)@(?P<pid>\d+)(?:-[0-9a-f]{8})?)\.(?P<n>\d{8})\.spool$"
 )
 CHUNK: Final = 500  # records per pipelined XADD and commit
 
@@ -92,18 +94,30 @@ def find_leftovers(directory: Path, execution_id: str | None = None) -> list[Lef
         leftover.segments.append((int(match["n"]), path))
     for leftover in found.values():
         leftover.segments.sort()
+    return sorted(found.values(), key=_age)
 
-    def age(leftover: Leftover) -> float:
-        with contextlib.suppress(FileNotFoundError):
-            return leftover.segments[0][1].stat().st_mtime
-        return 0.0
 
-    return sorted(found.values(), key=age)
+def _age(leftover: Leftover) -> float:
+    with contextlib.suppress(FileNotFoundError, IndexError):
+        return leftover.segments[0][1].stat().st_mtime
+    return 0.0
+
+
+def _segments(leftover: Leftover) -> list[tuple[int, Path]]:
+    """The segments of ``leftover`` on disk now, in order."""
+    found = []
+    for path in leftover.directory.glob(f"{glob.escape(leftover.name)}.*.spool"):
+        match = _SEGMENT.match(path.name)
+        if match is not None and match["name"] == leftover.name:
+            found.append((int(match["n"]), path))
+    return sorted(found)
 
 
 @contextlib.contextmanager
 def claim(leftover: Leftover) -> Iterator[bool]:
-    """Hold the spool's lock for the block: True when taken, False when its process lives."""
+    """Hold the spool's lock for the block: True when taken, False when its process lives.
+    Taken, ``leftover.segments`` are those on disk now: none when another replay, or the
+    spool's own process, finished it since it was listed (a replay then only tidies up)."""
     fd = os.open(lock_path(leftover.directory, leftover.name), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -111,6 +125,7 @@ def claim(leftover: Leftover) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
+        leftover.segments = _segments(leftover)
         yield True
     finally:
         os.close(fd)
@@ -147,7 +162,11 @@ def _chunks(leftover: Leftover, outcome: Outcome) -> Iterator[tuple[int, Path, l
         if number < mark.segment:
             continue
         start = mark.offset if number == mark.segment else 0
-        with path.open("rb") as file:
+        try:
+            file = path.open("rb")
+        except FileNotFoundError:  # replayed meanwhile (only an unclaimed spool: a dry run)
+            continue
+        with file:
             scan = Scan()
             records = _read_records(file, start, scan)
             while chunk := [r for _, r in zip(range(CHUNK), records, strict=False)]:
@@ -179,6 +198,10 @@ def replay(
     its files when all were sent. ``progress`` is told the number of each chunk's records."""
     outcome = Outcome()
     mark_path = commit_path(leftover.directory, leftover.name)
+    replayed = leftover.commit().segment
+    for number, path in leftover.segments:
+        if number < replayed:  # sent, and marked so, by a replay that died before deleting it
+            path.unlink(missing_ok=True)
     for number, path, chunk in _chunks(leftover, outcome):
         if not chunk:
             if not outcome.corrupt:

@@ -112,9 +112,12 @@ class Diverter:
             time.sleep(min(max(self._retry_at - self._clock(), 0.01), 0.5))
 
     def _direct(self, records: Records) -> list[Any] | None:
-        """Their ids if Redis took them now; None while the spool holds older records or a
-        failed Redis is not to be tried yet, or when this try failed."""
-        if self.spooled or self._clock() < self._retry_at:
+        """Their ids if Redis took them now; None while older records wait (in the spool, or
+        in dead processes' leftovers not yet replayed), while a failed Redis is not to be
+        tried yet, or when this try failed."""
+        if self._leftovers:
+            self.drain()  # the dead processes' records go first
+        if self.behind or self._clock() < self._retry_at:
             return None
         try:
             ids = self._xadd(records)
