@@ -9,6 +9,7 @@ client, as test_mlflow_ingest.py does.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -220,3 +221,90 @@ def test_a_run_renamed_through_set_tags_keeps_mlflow_and_ai_core_in_step(
             mlflow.MlflowClient().update_run(run_id, name="first")
     names = _run_names_written(stream_entries(redis_server.url))
     assert (shown, names[-1]) == ("second", "first"), names
+
+
+# --------------------------------------------------------------------------- NaN and infinity
+
+
+def _metric_names_written(entries: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(m["name"], m["step"]) for e in entries for m in e.get("metrics", [])]
+
+
+async def test_a_non_finite_metric_is_refused_by_default_with_the_way_out(
+    redis_client: redis_asyncio.Redis, ingest_url: Callable[..., Any]
+) -> None:
+    """By default a NaN is refused (the AI API cannot store it), and the message names the
+    option that drops such values instead; nothing of the call is written."""
+    base = await ingest_url()
+    async with aiohttp.ClientSession() as session:
+        _, created = await _post(session, f"{base}{MLFLOW}/runs/create", {})
+        run_id = created["run"]["info"]["run_id"]
+        batch = {
+            "run_id": run_id,
+            "metrics": [
+                {"key": "loss", "value": "NaN", "timestamp": 1795435200123, "step": 1},
+                {"key": "lr", "value": 0.1, "timestamp": 1795435200123, "step": 1},
+            ],
+        }
+        status, error = await _post(session, f"{base}{MLFLOW}/runs/log-batch", batch)
+    assert (status, error["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
+    assert "metrics[0] 'loss'" in error["message"]
+    assert "--mlflow-non-finite drop" in error["message"]
+    assert _metric_names_written(await _entries(redis_client)) == []
+
+
+async def test_drop_mode_leaves_out_nan_and_infinity_and_keeps_the_rest(
+    redis_client: redis_asyncio.Redis,
+    ingest_url: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``--mlflow-non-finite drop``: a NaN loss (or an fp16 step's infinite grad norm) is left
+    out, said once per run and name; the finite metrics of the same call are written, and a
+    bad name is still refused."""
+    caplog.set_level(logging.WARNING, logger="metricrelay.producer")
+    base = await ingest_url(drop_non_finite=True)
+    async with aiohttp.ClientSession() as session:
+        _, created = await _post(session, f"{base}{MLFLOW}/runs/create", {})
+        run_id = created["run"]["info"]["run_id"]
+        for step, bad in enumerate(("NaN", "Infinity", "-Infinity"), start=1):
+            batch = {
+                "run_id": run_id,
+                "metrics": [
+                    {"key": "grad_norm", "value": bad, "timestamp": 1795435200123, "step": step},
+                    {"key": "lr", "value": 0.1, "timestamp": 1795435200123, "step": step},
+                ],
+            }
+            status, _ = await _post(session, f"{base}{MLFLOW}/runs/log-batch", batch)
+            assert status == 200
+        single = {"run_id": run_id, "key": "loss", "value": "NaN", "timestamp": 1, "step": 4}
+        status, _ = await _post(session, f"{base}{MLFLOW}/runs/log-metric", single)
+        assert status == 200
+        bad_name = {"run_id": run_id, "key": "///", "value": "NaN", "timestamp": 1, "step": 5}
+        status, error = await _post(session, f"{base}{MLFLOW}/runs/log-metric", bad_name)
+        assert (status, error["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
+    assert _metric_names_written(await _entries(redis_client)) == [("lr", 1), ("lr", 2), ("lr", 3)]
+    said = [r.getMessage() for r in caplog.records if "not a finite number" in r.getMessage()]
+    assert len(said) == 2 and "'grad_norm'" in said[0] and "'loss'" in said[1], said
+
+
+def test_the_mlflow_client_keeps_training_through_a_nan_in_drop_mode(
+    redis_server: RedisServer, mlflow_env: Callable[[str], Any]
+) -> None:
+    """The real client, as Lightning's MLFlowLogger calls it (synchronous log_batch): with
+    ``--mlflow-non-finite drop`` a NaN loss raises nothing and the step's other metrics
+    arrive; by default the same call raises MlflowException."""
+    redis.Redis.from_url(redis_server.url).flushdb()
+    with ingest_process(redis_server.url, "--mlflow-non-finite", "drop") as ingest:
+        mlflow = mlflow_env(ingest.url)
+        with mlflow.start_run():
+            mlflow.log_metrics({"loss": float("nan"), "lr": 0.1}, step=7)
+            mlflow.log_metrics({"loss": 0.5, "lr": 0.1}, step=8)
+        assert "'loss' is not a finite number" in ingest.log_text()
+    written = _metric_names_written(stream_entries(redis_server.url))
+    assert written == [("lr", 7), ("loss", 8), ("lr", 8)]
+    with ingest_process(redis_server.url) as ingest:
+        mlflow = mlflow_env(ingest.url)
+        from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+        with mlflow.start_run(), pytest.raises(MlflowException, match="non-finite drop"):
+            mlflow.log_metrics({"loss": float("nan"), "lr": 0.1}, step=9)

@@ -38,6 +38,14 @@ def register(subparsers: Any) -> None:
         "--cluster", action="store_true", default=None, help="Redis is a Redis Cluster"
     )
     parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
+    parser.add_argument(
+        "--mlflow-non-finite",
+        choices=("refuse", "drop"),
+        default="refuse",
+        help="an MLflow metric that is NaN or infinite, which the AI API cannot store: refuse "
+        "the call with 400 (the client raises in the training loop) or drop the value, "
+        "logged once per run and name, and keep the rest (default: refuse)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -66,6 +74,7 @@ async def serve_ingest(args: argparse.Namespace, ready: asyncio.Event | None = N
         args.max_body_bytes,
         token=None if token is None else token.get_secret_value(),
         execution_id=settings.api.execution_id,
+        drop_non_finite=args.mlflow_non_finite == "drop",
     )
     runner = web.AppRunner(build_ingest_app(client, config), access_log=None)
     await runner.setup()

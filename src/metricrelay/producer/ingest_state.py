@@ -45,12 +45,16 @@ class IngestConfig:
         *,
         token: str | None = None,
         execution_id: str | None = None,
+        drop_non_finite: bool = False,
     ) -> None:
         self.keys = keys
         self.default_resource_group = default_resource_group
         self.max_body_bytes = max_body_bytes
         self.token = token  # every request must carry it as a bearer token (None: no check)
         self.execution_id = execution_id  # the MLflow run id runs/create hands out, when set
+        # MLflow metrics that are NaN or infinite: dropped (logged once per run and name)
+        # rather than refused with 400, which raises in the training loop
+        self.drop_non_finite = drop_non_finite
 
 
 class QueueUnavailable(Exception):

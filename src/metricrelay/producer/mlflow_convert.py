@@ -8,6 +8,7 @@ NaN or an infinity comes as the string ``"NaN"`` / ``"Infinity"``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -81,16 +82,22 @@ def _number(value: object) -> object:
     return value
 
 
-def metric_item(raw: object, where: str) -> dict[str, Any]:
-    """One MLflow metric ``{key, value, timestamp, step}`` as an AI API metric."""
+def metric_item(raw: object, where: str, *, drop_non_finite: bool = False) -> dict[str, Any] | None:
+    """One MLflow metric ``{key, value, timestamp, step}`` as an AI API metric; None for a NaN
+    or an infinity with ``drop_non_finite`` (else refused, as every value the API refuses)."""
     if not isinstance(raw, Mapping):
         raise invalid(f"{where} must be an object")
+    number = _number(raw.get("value"))
+    non_finite = isinstance(number, float) and not math.isfinite(number)
     try:
         name = check_metric_name(raw.get("key"))
-        value = check_value(_number(raw.get("value")))
         step = check_step(integer(raw, "step", 0))
+        if drop_non_finite and non_finite:
+            return None
+        value = check_value(number)
     except PointError as exc:
-        raise invalid(f"{where} {raw.get('key')!r}: {exc}") from None
+        hint = " (ingest --mlflow-non-finite drop drops such values instead)" if non_finite else ""
+        raise invalid(f"{where} {raw.get('key')!r}: {exc}{hint}") from None
     ms = integer(raw, "timestamp")
     item: dict[str, Any] = {"name": name, "value": value, "step": step}
     if ms is not None:  # MLflow always sends one; without it the stream entry's time is used

@@ -64,6 +64,7 @@ class Run:
     # Held from merging a write until its XADD returned: stream order is merge order, so the
     # last params object in the stream is the most complete one.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    dropped: dict[str, int] = field(default_factory=dict)  # non-finite values by metric name
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {

@@ -196,8 +196,32 @@ async def _run_update(request: web.Request) -> web.Response:
 async def _log_metric(request: web.Request) -> web.Response:
     body = await _body(request)
     run = _run_of(request, body)
-    await _write(request, run, metrics=[metric_item(body, "metric")])
+    await _write(request, run, metrics=_finite(request, run, [("metric", body)]))
     return _reply()
+
+
+def _finite(
+    request: web.Request, run: Run, labelled: Sequence[tuple[str, object]]
+) -> list[dict[str, Any]]:
+    """A call's metrics (each with where it is in the request) as AI API items; with
+    ``--mlflow-non-finite drop`` a NaN or an infinity is left out, said once per run and name."""
+    drop = request.app[CONFIG].drop_non_finite
+    items = []
+    for label, metric in labelled:
+        item = metric_item(metric, label, drop_non_finite=drop)
+        if item is not None:
+            items.append(item)
+            continue
+        name = str(metric.get("key")) if isinstance(metric, Mapping) else "?"
+        if name not in run.dropped:
+            log.warning(
+                "run %s: metric %r is not a finite number; the AI API cannot store it, "
+                "dropped (said once per run and name)",
+                run.run_id,
+                name,
+            )
+        run.dropped[name] = run.dropped.get(name, 0) + 1
+    return items
 
 
 async def _log_batch(request: web.Request) -> web.Response:
@@ -206,7 +230,8 @@ async def _log_batch(request: web.Request) -> web.Response:
     raw_metrics = body.get("metrics") or []
     if not isinstance(raw_metrics, list):
         raise invalid("metrics must be a list")
-    metrics = [metric_item(m, f"metrics[{i}]") for i, m in enumerate(raw_metrics)]
+    labelled = [(f"metrics[{i}]", metric) for i, metric in enumerate(raw_metrics)]
+    metrics = _finite(request, run, labelled)
     params = key_values(body.get("params"), "params")
     tags = key_values(body.get("tags"), "tags")
     await _write(request, run, metrics=metrics, tags=tags, params=params)
