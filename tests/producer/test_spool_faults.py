@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
+from tests.support.spool_fakes import Clock, FlakyRedis, diverter, never, record, steps
 from tests.support.waiting import until_sync
 
 from metricrelay.devtools.embedded import free_port
@@ -21,63 +21,6 @@ from metricrelay.producer.emitter import Emitter
 from metricrelay.producer.spool import Spool, commit_path, segment_path
 from metricrelay.producer.spool_format import Commit, encode_commit, encode_record
 from metricrelay.producer.spool_replay import claim, find_leftovers, replay
-from metricrelay.producer.spool_writer import Diverter
-
-KEY = "metricrelay:events"
-
-
-class FlakyRedis:
-    """What the Diverter and replay use of a synchronous client: pipelined XADDs; ``up``."""
-
-    def __init__(self) -> None:
-        self.up = True
-        self.entries: list[bytes] = []
-        self._queued: list[bytes] = []
-
-    def pipeline(self, transaction: bool = False) -> FlakyRedis:
-        return self
-
-    def xadd(self, key: str, fields: dict[str, bytes]) -> None:
-        self._queued.append(fields["resource"])
-
-    def execute(self) -> list[bytes]:
-        queued, self._queued = self._queued, []
-        if not self.up:
-            raise ConnectionError("Connection refused")
-        self.entries += queued
-        return [f"{len(self.entries)}-0".encode() for _ in queued]
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def record(step: int) -> tuple[str, bytes]:
-    body = {"executionId": "exec-1", "metrics": [{"name": "loss", "value": 1.0, "step": step}]}
-    return KEY, orjson.dumps(body)
-
-
-def steps(redis: FlakyRedis) -> list[int]:
-    return [orjson.loads(data)["metrics"][0]["step"] for data in redis.entries]
-
-
-def never() -> bool:
-    return False
-
-
-def diverter(directory: Path, redis: Any, clock: Clock) -> Diverter:
-    return Diverter(
-        redis,
-        directory=directory,
-        execution_id="exec-1",
-        max_bytes=10**9,
-        fsync="never",
-        on_ids=lambda ids: None,
-        clock=clock,
-    )
 
 
 def dead_spool(directory: Path, pid: int, numbers: range) -> None:
@@ -162,15 +105,7 @@ def test_a_failed_fsync_neither_repeats_nor_loses_records(tmp_path: Path, monkey
 
     redis, clock = FlakyRedis(), Clock()
     redis.up = False
-    way = Diverter(
-        redis,
-        directory=tmp_path,
-        execution_id="exec-1",
-        max_bytes=10**9,
-        fsync="batch",
-        on_ids=lambda ids: None,
-        clock=clock,
-    )
+    way = diverter(tmp_path, redis, clock, fsync="batch")
     assert way.deliver([record(0)], pressure=False, stop=never)[0] == "spooled"
     monkeypatch.setattr(spool_module, "os", FsyncFailsOnce())
     assert way.deliver([record(1)], pressure=False, stop=never)[0] == "spooled"
