@@ -131,7 +131,7 @@ def test_a_403_names_the_credential_and_the_group() -> None:
     )
     proxy = ApiProxy(settings, session=None, tokens=None)  # type: ignore[arg-type]
     upstream = orjson.dumps({"error": {"code": "403", "message": f"no access {FIXED_TOKEN}"}})
-    reply = proxy._answer(ProxyReply(403, upstream), "team-b")
+    reply = proxy._answer(ProxyReply(403, upstream), "team-b", FIXED_TOKEN)
     assert reply.status == 403
     error = orjson.loads(reply.body)["error"]
     assert "METRICRELAY_TOKEN" in error["message"] and "'team-b'" in error["message"]

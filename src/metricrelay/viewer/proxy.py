@@ -61,6 +61,16 @@ def _upstream_message(body: bytes) -> str:
     return ""
 
 
+def _upstream_code(body: bytes) -> str:
+    """The AI API error's ``code``, else ``api_error``."""
+    try:
+        error = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return "api_error"
+    code = error.get("code") if isinstance(error, dict) else None
+    return str(code)[:_MAX_DETAIL] if isinstance(code, str | int) and code != "" else "api_error"
+
+
 class ApiProxy:
     """Forwards the page's GETs with the worker's token provider; one per ``metricrelay view``."""
 
@@ -92,8 +102,10 @@ class ApiProxy:
         }
         return ProxyReply(status, orjson.dumps(body))
 
-    def scrub(self, text: str) -> str:
-        for secret in self._secrets:
+    def scrub(self, text: str, *also: str) -> str:
+        """``text`` without the client secret, the fixed token and ``also`` (the token a
+        request carried: an OAuth token is fetched, not configured)."""
+        for secret in (*self._secrets, *also):
             if secret:
                 text = text.replace(secret, _SCRUBBED)
         return text
@@ -121,7 +133,8 @@ class ApiProxy:
             if reply.status == 401 and attempt == 1:
                 await self._tokens.invalidate(headers)
                 continue
-            return self._answer(reply, group)
+            sent = headers.get("Authorization", "").partition(" ")[2]
+            return self._answer(reply, group, sent)
         raise AssertionError("unreachable")  # the loop returns on its second pass
 
     async def _send(self, path: str, query: Mapping[str, str], headers: dict[str, str]) -> Any:
@@ -133,11 +146,16 @@ class ApiProxy:
             allow_redirects=False,  # the token goes to the configured API and nowhere else
         ) as response:
             body = await response.read()
-            kind = response.headers.get("Content-Type", "application/json").split(";")[0]
+            kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
             return ProxyReply(response.status, body, kind)
 
-    def _answer(self, reply: ProxyReply, group: str) -> ProxyReply:
-        detail = _upstream_message(reply.body)
+    def _answer(self, reply: ProxyReply, group: str, token: str) -> ProxyReply:
+        """A JSON success as it came; anything else rebuilt as the page's error body, the
+        upstream message scrubbed of the secret and of ``token`` (a gateway may echo it)."""
+        is_json = reply.content_type == "application/json"
+        if reply.status < 300 and is_json:
+            return reply
+        detail = self.scrub(_upstream_message(reply.body), token)
         suffix = f": {detail}" if detail else ""
         if reply.status == 401:
             message = f"the AI API refused the token of {self.credential}{suffix}"
@@ -147,9 +165,17 @@ class ApiProxy:
                 f"the AI API does not let {self.credential} read resource group {group!r}{suffix}"
             )
             return self.error(403, "forbidden", message, group)
-        if reply.status >= 300 and reply.content_type != "application/json":
-            message = f"the AI API answered HTTP {reply.status}{suffix}"
+        if reply.status < 300:  # a login page or a web app at a wrong URL answers 200 too
+            message = (
+                f"the AI API at {self.api_url} answered HTTP {reply.status} with "
+                f"{reply.content_type or 'no content type'}, not JSON: is it the AI API's "
+                "URL, ending in /v2?"
+            )
             return self.error(502, "api_error", message, group)
-        if reply.status >= 300:
-            log.info("the AI API answered HTTP %d%s", reply.status, suffix)
-        return reply
+        log.info("the AI API answered HTTP %d%s", reply.status, suffix)
+        message = f"the AI API answered HTTP {reply.status}{suffix}"
+        if not is_json:
+            return self.error(502, "api_error", message, group)
+        return self.error(
+            reply.status, self.scrub(_upstream_code(reply.body), token), message, group
+        )
