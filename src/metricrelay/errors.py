@@ -34,9 +34,17 @@ __all__ = [
     "RetriesExhausted",
     "Unauthorized",
     "delivery_error",
+    "retriable_status",
 ]
 
-RETRIABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_RETRIABLE_4XX = frozenset({408, 429})
+
+
+def retriable_status(status: int) -> bool:
+    """408, 429 and every 5xx (a gateway's 507 or 52x too, CONTRACT §2.2); also what is no
+    answer of the API at all (a 3xx, as redirects are not followed). Only the other 4xx say
+    that sending again cannot help."""
+    return status in _RETRIABLE_4XX or not 400 <= status < 500
 
 
 class MetricRelayError(Exception):
@@ -102,7 +110,7 @@ class Unauthorized(DeliveryError):
 
 
 class RejectedDelivery(DeliveryError):
-    """A 4xx that no retry or split can mend."""
+    """A 4xx that no retry or split can mend (not 408 or 429)."""
 
 
 class RetriesExhausted(MetricRelayError):
@@ -117,7 +125,7 @@ class RetriesExhausted(MetricRelayError):
 def delivery_error(status: int, body: str, retry_after: float | None = None) -> DeliveryError:
     """The error class an HTTP status stands for (only called for non-2xx answers)."""
     message = f"HTTP {status}"
-    if status in RETRIABLE_STATUSES:
+    if retriable_status(status):
         return RetriableDelivery(message, status=status, body=body, retry_after=retry_after)
     kind: type[DeliveryError] = {
         400: BadRequest,

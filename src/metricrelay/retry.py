@@ -117,8 +117,9 @@ def _wait_before_retry(
 ) -> float:
     backoff = policy.delay(failures - 1, rng)
     retry_after = getattr(error, "retry_after", None)
-    if isinstance(retry_after, int | float) and math.isfinite(retry_after):
-        # The server knows better than our backoff, but never let it park a batch for long.
+    if isinstance(retry_after, int | float) and not math.isnan(retry_after):
+        # The server knows better than our backoff, but never let it park a batch for long
+        # (an infinite one, a number too long for a float, is capped as well).
         return max(backoff, min(float(retry_after), policy.retry_after_cap))
     return backoff
 

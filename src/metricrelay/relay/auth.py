@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 REFRESH_FRACTION: Final = 0.8
 # Used when a token answer has no usable expires_in (RFC 6749 only recommends it).
 DEFAULT_LIFETIME_S: Final = 300.0
+# While an early renewal fails for a moment (the token service unreachable, 5xx, 429), the
+# token in hand is used until this share of its life, and renewal tried again every few s.
+_USABLE_FRACTION: Final = 0.95
+_RENEW_AGAIN_S: Final = 5.0
 _MAX_DETAIL: Final = 200
 _AUTHORIZATION: Final = "Authorization"
 
@@ -158,6 +162,7 @@ class OAuthClientCredentials:
         self._header: str | None = None
         self._last_token = ""  # kept after invalidate(), only to scrub it from messages
         self._refresh_at = -math.inf
+        self._usable_until = -math.inf  # the token in hand is still good, a renewal failing
         self._last_error: AuthError | None = None
         self._quiet_until = -math.inf  # the token service asked not to be called before this
         self.refreshes = 0
@@ -173,14 +178,36 @@ class OAuthClientCredentials:
             async with self._lock:
                 header = self._current()  # a refresh finished while we waited: use its token
                 if header is None:
-                    if self.refreshes + self.failures != seen and self._last_error is not None:
-                        # the refresh we queued behind just failed: share its outcome rather
-                        # than sending the token service one more request per waiting caller
-                        raise self._repeat_last_error()
-                    if self._clock() < self._quiet_until and self._last_error is not None:
-                        raise self._repeat_last_error()  # it asked us to wait: no request
-                    header = await self._refresh()
+                    header = await self._renewed(seen)
         return {_AUTHORIZATION: header}
+
+    async def _renewed(self, seen: int) -> str:
+        """A new token; the one in hand while renewing it early fails only for a moment."""
+        if self._last_error is not None and (
+            # the refresh we queued behind just failed: share its outcome rather than send
+            # the token service one more request per waiting caller; or it asked us to wait
+            self.refreshes + self.failures != seen or self._clock() < self._quiet_until
+        ):
+            if (usable := self._usable()) is not None:
+                return usable
+            raise self._repeat_last_error()
+        try:
+            return await self._refresh()
+        except AuthUnavailable:
+            if (usable := self._usable()) is None:
+                raise
+            self._quiet_until = max(self._quiet_until, self._clock() + _RENEW_AGAIN_S)
+            log.warning(
+                "renewing the token failed; the current one is used for %.0fs more at most",
+                self._usable_until - self._clock(),
+            )
+            return usable
+
+    def _usable(self) -> str | None:
+        """The token in hand, if the API has not refused it and its life is not nearly over."""
+        if self._header is not None and self._clock() < self._usable_until:
+            return self._header
+        return None
 
     def _repeat_last_error(self) -> AuthError:
         error = self._last_error
@@ -219,6 +246,7 @@ class OAuthClientCredentials:
         self._last_token = token
         self._header = f"Bearer {token}"
         self._refresh_at = started + REFRESH_FRACTION * lifetime
+        self._usable_until = started + _USABLE_FRACTION * lifetime
         log.info(
             "new token from %s for %s: valid %.0fs, renewed after %.0fs",
             self.token_url,
