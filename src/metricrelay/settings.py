@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import (
@@ -30,8 +30,9 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from redis.connection import parse_url
 
-from metricrelay.connection import CLUSTER_SCHEMES, DEFAULT_TIMEOUT
+from metricrelay.connection import CLUSTER_SCHEMES, DEFAULT_TIMEOUT, startup_nodes
 from metricrelay.errors import ConfigError
 from metricrelay.keys import DEFAULT_PREFIX, MAX_SHARDS, Keys, parse_shard_list
 from metricrelay.models import EXECUTION_ID_PATTERN, RESOURCE_GROUP_PATTERN
@@ -214,13 +215,15 @@ def _describe(
 
 
 def redact_url(url: str) -> str:
-    """``url`` with the password of its user info replaced, for logs and dumps."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` with the password of its user info replaced, for logs and dumps. Read from the
+    text itself, up to the last ``@``: a password holding ``/``, ``?`` or ``#`` unescaped
+    hides from a URL parser, which then finds no user info at all."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
         return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:**********@{host}"))
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:**********@{host}"
 
 
 def _check_http_url(value: str) -> str:
@@ -245,9 +248,23 @@ class RedisSettings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
             raise ValueError(
                 "must be a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL"
+            )
+        # the messages never repeat the URL: it may hold a password
+        readable = "@" not in value.partition("://")[2] or "@" in parts.netloc
+        try:
+            if readable:  # as redis-py will read it (its parse_url is untyped)
+                node = startup_nodes(value)[0] if parts.scheme in CLUSTER_SCHEMES else value
+                parse_url(node)  # type: ignore[no-untyped-call]
+        except ValueError:
+            readable = False
+        if not readable:
+            raise ValueError(
+                "is not a Redis URL that can be read (check the port and the database number; "
+                "a password holding / ? # @ or % must be percent-encoded, e.g. / as %2F)"
             )
         return value
 

@@ -121,9 +121,18 @@ async def _chosen(
     purge of a list with a typo in it deletes nothing."""
     chosen: list[dict[str, Any]] = []
     for shard, dead_id in refs:
-        record = await fetch(client, shard, dead_id, qualified=qualified)
+        name = f"{shard.name}/{dead_id}" if qualified else dead_id
+        try:
+            record = await fetch(client, shard, dead_id, qualified=qualified)
+        except ValueError as exc:  # a letter some other tool wrote, with an unknown reason
+            print(
+                f"metricrelay dead: dead letter {name} in {shard.dead} is unreadable ({exc}); "
+                f"it is not a letter of metricrelay's format: inspect it with "
+                f"XRANGE {shard.dead} {dead_id} {dead_id}, delete it with XDEL",
+                file=sys.stderr,
+            )
+            return None
         if record is None:
-            name = f"{shard.name}/{dead_id}" if qualified else dead_id
             print(f"metricrelay dead: no dead letter {name} in {shard.dead}", file=sys.stderr)
             return None
         if flt.matches(record.letter, record.info) and _within(flt, dead_id):

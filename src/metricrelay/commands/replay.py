@@ -21,7 +21,7 @@ from metricrelay.commands._ops import (
     settings_or_exit,
 )
 from metricrelay.keys import Keys, ShardKeys
-from metricrelay.layout import events_pattern, shards_in_play
+from metricrelay.layout import events_pattern, layouts
 from metricrelay.ops.dead import DeadFilter
 from metricrelay.ops.replay import ReplayPlan, ReplaySummary, replay
 from metricrelay.ops.replay_lock import ReplayBusy, ReplayLock, ReplayLockLost
@@ -160,7 +160,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"metricrelay replay: {exc}", file=sys.stderr)
         return EXIT_ERROR
     keys = settings.keys()  # where letters go: today's layout
-    sources = shards_in_play(settings)  # where they come from: every layout in play
+    # where they come from: every layout in play, the draining one first — its letters are of
+    # older entries, and an execution's letters must go back in the order they were written
+    sources = [shard for layout in reversed(layouts(settings)) for shard in layout.all_shards()]
     letters: list[dict[str, Any]] = []
     moved = 0  # letters moved so far, for the message if the replay has to stop
 

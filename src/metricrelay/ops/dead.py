@@ -247,13 +247,18 @@ def parse_ref(text: str, shards: Sequence[ShardKeys]) -> tuple[ShardKeys, str]:
                 f"{text!r}: there are {len(shards)} dead-letter streams; name the shard as "
                 f"<shard>/<id>, e.g. {shards[0].name}/{text.strip()} (shards: {examples}, …)"
             )
-        id_key(dead_id)
-        return shards[0], dead_id
-    id_key(dead_id)
+        return shards[0], _full_id(dead_id)
     for shard in shards:
         if shard.name == name:
-            return shard, dead_id
+            return shard, _full_id(dead_id)
     raise ValueError(f"{text!r}: no shard {name!r} in play")
+
+
+def _full_id(dead_id: str) -> str:
+    """``<ms>-<seq>``, ``-0`` added to a bare millisecond: XRANGE of ``1000`` would cover the
+    whole millisecond while XDEL of ``1000`` means ``1000-0``, so show and purge must agree."""
+    ms, seq = id_key(dead_id)
+    return f"{ms}-{seq}"
 
 
 async def fetch(
