@@ -10,12 +10,13 @@ delivery barrier). Nothing touches the network in the training step: the Emitter
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from argparse import Namespace
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from metricrelay.integrations.ranked import RankedRun, Ranks
+from metricrelay.integrations.ranked import END_WAIT_S, RankedRun, Ranks
 from metricrelay.producer.emitter import Emitter
 from metricrelay.progress import DeliveryReport
 
@@ -45,6 +46,9 @@ class LoggerMethods:
         the rest is :class:`RankedRun`'s. ``metric_prefix`` is put before every metric name,
         joined by ``-`` (Lightning's ``prefix``: the Emitter's ``prefix`` is the Redis one)."""
         super().__init__()
+        # Lightning handles SIGTERM itself (it stops at a batch boundary, and all DDP ranks
+        # together); the Emitter's handler, made inside fit, would pre-empt it mid-step.
+        options.setdefault("handle_sigterm", False)
         self.run = RankedRun(
             execution_id,
             ranks=ranks,
@@ -94,14 +98,20 @@ class LoggerMethods:
         """Namespace, dict or dataclass: converted, callables named, nested keys joined by
         ``/`` (Lightning's helpers), then written by rank 0 as one JSON object."""
         helpers = self._utilities()
+        if dataclasses.is_dataclass(params) and not isinstance(params, type):
+            params = dataclasses.asdict(params)  # Lightning converts only a Namespace
         converted = helpers._sanitize_callable_params(helpers._convert_params(params))
         flat = helpers._flatten_dict(converted)
         self.run.log_hyperparameters(flat, self.global_rank())
 
     def finalize(self, status: str) -> None:
         """Flush; the delivery barrier too (``wait_delivered``) when the run succeeded — a
-        failed run is not held up, and what it logged stays in Redis for the worker."""
-        self.report = self.run.finish(deliver=status == "success")
+        failed run is not held up, and what it logged stays in Redis for the worker. Then the
+        Emitter this logger made is closed (a later stage on the logger makes another)."""
+        try:
+            self.report = self.run.finish(deliver=status == "success")
+        finally:
+            self.run.close(END_WAIT_S)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush and stop this rank's Emitter (it also closes at interpreter exit)."""

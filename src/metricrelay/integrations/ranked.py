@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping
 from typing import Any, Final, Literal, get_args
 
-from metricrelay.producer.emitter import Emitter, EmitterConfig
+from metricrelay.producer.emitter import Emitter, EmitterConfig, SpoolPending
 from metricrelay.producer.points import check_labels
 from metricrelay.progress import DeliveryReport
 
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 Ranks = Literal["all", "zero"]
 HYPERPARAMETERS: Final = "hyperparameters"  # the customInfo item that holds them, as JSON
+# How long the end of training waits for what it logged to reach Redis when it does not wait
+# for delivery: with Redis away it is safe in the spool, and training must end all the same.
+END_WAIT_S: Final = 10.0
 
 
 class RankedRun:
@@ -62,6 +66,7 @@ class RankedRun:
         self.delivery_timeout = delivery_timeout
         self._emitter = emitter
         self._owned = emitter is None
+        self._pid = os.getpid()  # the process the Emitter (and its writer thread) belongs to
         self._options = options
         if emitter is not None:
             self.config = emitter.config
@@ -78,7 +83,10 @@ class RankedRun:
 
     def emitter(self) -> Emitter:
         """This process's Emitter, made on first use (a launcher may pickle or copy the
-        integration into each rank: a writer thread and a Redis connection cannot travel)."""
+        integration into each rank: a writer thread and a Redis connection cannot travel; a
+        rank forked from a process that had one gets its own, as its writer did not fork)."""
+        if self._owned and self._pid != os.getpid():
+            self._emitter, self._pid = None, os.getpid()
         if self._emitter is None:
             self._emitter = Emitter(self.config.execution_id, **self._options)
         return self._emitter
@@ -126,12 +134,21 @@ class RankedRun:
 
     def finish(self, *, deliver: bool = True) -> DeliveryReport | None:
         """Everything this rank logged is in Redis — or, with ``wait_delivered`` (and
-        ``deliver``), accepted by the API or dead-lettered. TimeoutError after
-        ``delivery_timeout`` seconds; what was logged stays in Redis for the worker."""
-        if self._emitter is None:
+        ``deliver``), accepted by the API or dead-lettered: TimeoutError after
+        ``delivery_timeout`` seconds, what was logged staying in Redis for the worker. Without
+        that barrier it never raises: with Redis away, after ``END_WAIT_S`` what is not yet in
+        Redis is said and left to the Emitter (its spool, then its close at exit)."""
+        if self._emitter is None or (self._owned and self._pid != os.getpid()):
             return None
-        wait = self.wait_delivered and deliver
-        report = self._emitter.flush(self.delivery_timeout, wait_delivered=wait)
+        if not (self.wait_delivered and deliver):
+            try:
+                self._emitter.flush(min(self.delivery_timeout, END_WAIT_S))
+            except SpoolPending as pending:
+                log.warning("the end of training: %s; sent once Redis is back", pending)
+            except TimeoutError:
+                log.warning("the end of training: not all logged is in Redis yet; still trying")
+            return None
+        report = self._emitter.flush(self.delivery_timeout, wait_delivered=True)
         if report is not None:
             log.info(
                 "execution %s: %d points accepted, dead: %s",
@@ -142,9 +159,11 @@ class RankedRun:
         return report
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flush and stop the Emitter this run made (one passed in stays open)."""
+        """Flush and stop the Emitter this run made (one passed in stays open); one a forked
+        rank inherited without its writer is only let go."""
         if self._emitter is not None and self._owned:
-            self._emitter.close(timeout)
+            if self._pid == os.getpid():
+                self._emitter.close(timeout)
             self._emitter = None
 
     def __getstate__(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from metricrelay.integrations.ranked import RankedRun, Ranks
+from metricrelay.integrations.ranked import END_WAIT_S, RankedRun, Ranks
 from metricrelay.producer.emitter import Emitter
 from metricrelay.progress import DeliveryReport
 
@@ -86,7 +86,10 @@ class MetricRelayCallback(TrainerCallback):
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self.report = self.run.finish()
+        try:
+            self.report = self.run.finish()
+        finally:  # a later evaluate() on the trainer makes another
+            self.run.close(END_WAIT_S)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush and stop this rank's Emitter (it also closes at interpreter exit)."""

@@ -16,6 +16,7 @@ one emitter at the same instant may, rarely, share a microsecond.)
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import concurrent.futures
 import logging
@@ -460,8 +461,6 @@ class Emitter(_Core):
     def __init__(
         self, execution_id: str | None = None, *, handle_sigterm: bool = True, **options: Any
     ) -> None:
-        import atexit  # noqa: PLC0415
-
         super().__init__(EmitterConfig(execution_id, **options))
         self._redis = sync_client(
             self.config.redis_url, cluster=self.config.cluster, timeout=self.config.redis_timeout
@@ -523,6 +522,7 @@ class Emitter(_Core):
             self._wake()
             self._thread.join(timeout=5)
             self._closed_down(writer_done=not self._thread.is_alive())
+            atexit.unregister(self.close)  # nothing left to do at exit: let it be collected
 
     def _run(self) -> None:
         diverter = self._diverter
