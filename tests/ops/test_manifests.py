@@ -1,10 +1,8 @@
 """deploy/: every rendered object validates against its schema, and the wiring holds together.
 
-Rendering: ``kustomize build`` or ``kubectl kustomize`` when either is on PATH; otherwise the
-documents of each kustomization's ``resources`` are read directly, applying the only
-transformations our kustomizations use (``namespace``, ``images``, and ``patches`` that merge
-maps, merge a pod's named lists by name, replace other lists and delete on null) — and when a
-tool is there, a test checks that this fallback renders exactly what the tool renders.
+Rendering: tests/support/kustomize.py (the tool when it is on PATH, else a fallback that reads
+the documents directly) — and when a tool is there, a test checks that the fallback renders
+exactly what the tool renders.
 
 Schemas: core objects against the Kubernetes OpenAPI schemas that ``kubernetes-validate``
 ships (strict: unknown fields are errors). KEDA's ScaledObject is a CRD, not in those: it is
@@ -24,8 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +29,15 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import redis
-import yaml
 from redis.connection import parse_url
+from tests.support.kustomize import (
+    K8S,
+    documents,
+    render,
+    render_directly,
+    render_with_tool,
+    tool,
+)
 from tests.support.waiting import until_sync
 
 from metricrelay.connection import is_cluster, startup_nodes
@@ -45,7 +48,6 @@ from metricrelay.settings import ENV_PREFIX, FIELDS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-K8S = DEPLOY / "k8s"
 TARGETS = ("base", "redis", "overlays/with-redis", "overlays/sharded-cluster", "monitoring")
 K8S_VERSION = "1.30.0"
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -56,7 +58,6 @@ REDIS_AUTH = {"name": "metricrelay-redis-auth", "key": "password"}
 PRODUCER_NAMESPACES = {"metricrelay.io/producer": "true"}  # the label README documents
 INGEST_PODS = {"app.kubernetes.io/name": "metricrelay", "app.kubernetes.io/component": "ingest"}
 # Lists of a pod spec that kustomize merges by their items' names (strategic merge keys).
-NAMED_LISTS = frozenset({"containers", "initContainers", "env", "volumes", "volumeMounts"})
 # redis-streams and redis-cluster-streams trigger metadata, from KEDA's scaler documentation
 _STREAM_FIELDS = {
     "usernameFromEnv", "passwordFromEnv", "stream", "consumerGroup", "pendingEntriesCount",
@@ -76,101 +77,6 @@ TRIGGER_ADDRESS = {
 }
 # Read by the CLI rather than Settings (logging must work before settings do).
 CLI_VARIABLES = {"METRICRELAY_LOG_FORMAT"}
-
-
-def _documents(text: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(text) if doc]
-
-
-def _tool() -> list[str] | None:
-    if found := shutil.which("kustomize"):
-        return [found, "build"]
-    if found := shutil.which("kubectl"):
-        return [found, "kustomize"]
-    return None
-
-
-def render_with_tool(path: Path) -> list[dict[str, Any]]:
-    tool = _tool()
-    assert tool is not None
-    done = subprocess.run(
-        [*tool, str(path)], capture_output=True, text=True, timeout=120, check=True
-    )
-    return _documents(done.stdout)
-
-
-def _set_images(doc: dict[str, Any], images: list[dict[str, str]]) -> None:
-    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-    for container in spec.get("containers", []):
-        name = re.split(r"[:@]", container["image"], maxsplit=1)[0]
-        for image in images:
-            if image["name"] == name:
-                new_name = image.get("newName", name)
-                container["image"] = (
-                    f"{new_name}:{image['newTag']}" if "newTag" in image else new_name
-                )
-
-
-def _merge(base: dict[str, Any], patch: dict[str, Any]) -> None:
-    """A strategic merge patch as kustomize applies it to these objects: maps merge, a null
-    deletes, a pod's named lists (NAMED_LISTS) merge by name, and other lists are replaced (a
-    CRD's lists have no merge keys; ours patch no others)."""
-    for name, value in patch.items():
-        if value is None:
-            base.pop(name, None)
-        elif isinstance(value, dict) and isinstance(base.get(name), dict):
-            _merge(base[name], value)
-        elif name in NAMED_LISTS and isinstance(base.get(name), list):
-            base[name] = _merge_named(base[name], value)
-        else:
-            base[name] = value
-
-
-def _merge_named(base: list[dict[str, Any]], patch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """kustomize's order: the patch's items first (merged into the base's of the same name),
-    then the base's items that the patch does not name."""
-    by_name = {item["name"]: item for item in base}
-    merged = []
-    for item in patch:
-        target = json.loads(json.dumps(by_name.get(item["name"], {})))
-        _merge(target, item)
-        merged.append(target)
-    named = {item["name"] for item in patch}
-    return merged + [item for item in base if item["name"] not in named]
-
-
-def _apply_patch(docs: list[dict[str, Any]], patch: dict[str, Any]) -> None:
-    def key(doc: dict[str, Any]) -> tuple[str, str]:
-        return (doc["kind"], doc["metadata"]["name"])
-
-    [target] = [doc for doc in docs if key(doc) == key(patch)]
-    _merge(target, patch)
-
-
-def render_directly(path: Path) -> list[dict[str, Any]]:
-    """The fallback renderer: exactly the kustomize features deploy/ uses, and no others."""
-    kustomization = yaml.safe_load((path / "kustomization.yaml").read_text())
-    known = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
-    unsupported = set(kustomization) - known
-    assert not unsupported, f"the fallback renderer does not implement {unsupported}"
-    docs: list[dict[str, Any]] = []
-    for resource in kustomization["resources"]:
-        target = (path / resource).resolve()
-        docs += render_directly(target) if target.is_dir() else _documents(target.read_text())
-    for patch in kustomization.get("patches", []):
-        assert set(patch) == {"path"}, f"the fallback renderer does not implement {patch}"
-        for document in _documents((path / patch["path"]).read_text()):
-            _apply_patch(docs, document)
-    for doc in docs:
-        if "namespace" in kustomization and doc["kind"] != "Namespace":
-            doc["metadata"]["namespace"] = kustomization["namespace"]
-        _set_images(doc, kustomization.get("images", []))
-    return docs
-
-
-def render(target: str) -> list[dict[str, Any]]:
-    path = K8S / target
-    return render_with_tool(path) if _tool() else render_directly(path)
 
 
 def _by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -228,7 +134,7 @@ def test_every_object_validates(target: str) -> None:
     "name", ["service-key-secret.yaml", "redis-url-secret.yaml", "redis-auth-secret.yaml"]
 )
 def test_secret_examples_validate_and_hold_placeholders_only(name: str) -> None:
-    [doc] = _documents((K8S / "examples" / name).read_text())
+    [doc] = documents((K8S / "examples" / name).read_text())
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     assert doc["kind"] == "Secret"
     for value in doc["stringData"].values():
@@ -273,7 +179,7 @@ def test_schema_validation_catches_mistakes() -> None:
     assert "'expr' is a required property" in errors
 
 
-@pytest.mark.skipif(_tool() is None, reason="neither kustomize nor kubectl is installed")
+@pytest.mark.skipif(tool() is None, reason="neither kustomize nor kubectl is installed")
 @pytest.mark.parametrize("target", TARGETS)
 def test_the_fallback_renders_what_kustomize_renders(target: str) -> None:
     def key(doc: dict[str, Any]) -> tuple[str, str]:
@@ -327,7 +233,7 @@ def test_the_config_map_is_a_valid_configuration(tmp_path: Path) -> None:
             field = variable.removeprefix(ENV_PREFIX).lower()
             assert field in FIELDS, f"{variable} is no setting"
     # with the example key mounted where the Deployment points, the worker would start (oauth)
-    [secret] = _documents((K8S / "examples/service-key-secret.yaml").read_text())
+    [secret] = documents((K8S / "examples/service-key-secret.yaml").read_text())
     key = tmp_path / "service-key.json"
     key.write_text(secret["stringData"]["service-key.json"])
     settings = Settings.from_sources(env={**config, "METRICRELAY_SERVICE_KEY": str(key)})
@@ -370,7 +276,9 @@ def test_the_sharded_overlay_scales_on_the_lag_of_every_shard() -> None:
         assert meta["consumerGroup"] == CONSUMER_GROUP
         _, nodes = startup_nodes(settings.redis.redis_url)
         assert config[meta["addressesFromEnv"]] == ",".join(f"{h}:{p}" for h, p in nodes)
-    assert docs["Deployment"] == _by_kind(render("base"))["Deployment"]  # only config differs
+    deployment = json.loads(json.dumps(_by_kind(render("base"))["Deployment"]))
+    del deployment["spec"]["replicas"]  # KEDA's to set: kubectl apply must not reset it
+    assert docs["Deployment"] == deployment  # otherwise only config differs
     assert scaled["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
     assert scaled["minReplicaCount"] >= 2  # one stands by
 
@@ -506,7 +414,7 @@ def test_redis_requires_the_password_of_the_secret() -> None:
         if d["kind"] == "ConfigMap" and "redis.conf" in d["data"]
     ]
     assert not re.search(r"^\s*requirepass", redis_conf, re.MULTILINE)  # one source: the Secret
-    [example] = _documents((K8S / "examples/redis-auth-secret.yaml").read_text())
+    [example] = documents((K8S / "examples/redis-auth-secret.yaml").read_text())
     assert example["metadata"]["name"] == REDIS_AUTH["name"]
     assert REDIS_AUTH["key"] in example["stringData"]
 
