@@ -27,6 +27,7 @@ import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
 from metricrelay.models import (
+    MAX_CUSTOM_INFO_BYTES,
     MAX_LABELS,
     MAX_NAME_CHARS,
     MAX_STEP,
@@ -159,6 +160,10 @@ def read_checked(raw: bytes) -> WholeEntry | None:
             return None
         parts = _CUT.decode(raw)
         raw_metrics, raw_tags, raw_infos = parts.metrics, parts.tags, parts.customInfo
+        if any(len(item) > MAX_CUSTOM_INFO_BYTES for item in raw_infos):
+            # measured as written (spacing, \u escapes) it may break the limit that the item,
+            # encoded compactly as codec.py and every producer measure it, keeps: codec judges
+            return None
     return (
         checked.resourceGroup or None,
         checked.executionId,

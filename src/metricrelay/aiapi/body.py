@@ -21,7 +21,14 @@ from metricrelay.models import (
     MetricResource,
 )
 
-__all__ = ["check_content_type", "count_limit_breach", "parse_resource", "read_body"]
+__all__ = [
+    "check_content_type",
+    "count_limit_breach",
+    "name_value",
+    "oversized_item",
+    "parse_resource",
+    "read_body",
+]
 
 JSON_TYPES: Final = frozenset({"application/json", "application/merge-patch+json"})
 _SECTION_LIMITS: Final = (
@@ -90,13 +97,28 @@ def count_limit_breach(resource: Any) -> str | None:
             return f"{section}: {len(items)} items, at most {limit} per request"
     infos = resource.get("customInfo")
     if isinstance(infos, list) and infos:
-        size = sum(len(orjson.dumps(_name_value(info))) for info in infos)
+        size = sum(len(orjson.dumps(name_value(info))) for info in infos)
         if size > MAX_CUSTOM_INFO_BYTES:
             return f"customInfo: {size} bytes encoded, at most {MAX_CUSTOM_INFO_BYTES}"
     return None
 
 
-def _name_value(info: Any) -> Any:
+def oversized_item(resource: Any) -> str | None:
+    """Why one customInfo item of ``resource`` can never be sent, if one cannot: over the 5 MB
+    of customInfo a resource may have, measured as the worker measures it. (Count limits are
+    no such reason: the worker splits a resource over them into several PATCHes.)"""
+    for info in resource.get("customInfo") or ():
+        size = len(orjson.dumps(name_value(info)))
+        if size > MAX_CUSTOM_INFO_BYTES:
+            name = info.get("name") if isinstance(info, dict) else None
+            return (
+                f"customInfo {name!r}: {size} bytes encoded, at most {MAX_CUSTOM_INFO_BYTES} "
+                "for all customInfo of a resource"
+            )
+    return None
+
+
+def name_value(info: Any) -> Any:
     """The encoded form the worker measures customInfo by: ``{"name", "value"}`` only."""
     if isinstance(info, dict):
         return {"name": info.get("name"), "value": info.get("value")}

@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import orjson
 
+from metricrelay.aiapi.body import oversized_item
 from metricrelay.codec import decode_entry
 from metricrelay.keys import Keys
 from metricrelay.producer.packing import Packer
@@ -125,6 +126,8 @@ class _Lines:
         )
         if decoded.problems:
             return self._refuse(number, "; ".join(p.message for p in decoded.problems))
+        if (oversized := oversized_item(document)) is not None:  # never sendable: not queued
+            return self._refuse(number, oversized)
         assert decoded.fragment is not None
         key = (decoded.fragment.resource_group, decoded.fragment.execution_id)
         document["resourceGroup"] = key[0]

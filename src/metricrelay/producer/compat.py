@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from metricrelay.producer.emitter import Emitter
 from metricrelay.progress import DeliveryReport
 
@@ -71,8 +73,16 @@ class Tracking:
             self.emitter.log_metric(record["name"], record["value"], record.get("step", step))
 
     def log_parameters(self, parameters: Mapping[str, Any]) -> None:
-        self._parameters.update(parameters)
-        self.emitter.log_custom_info("parameters", self._parameters)
+        """Merged into one customInfo ``parameters``. Values JSON cannot hold as they are
+        (numpy scalars, paths, non-text keys) are written as numbers or text, as a lenient
+        ``json.dumps`` would; the merge is kept only once written, so one refused call (over
+        5 MB, say) leaves the later ones unharmed."""
+        merged = {**self._parameters, **parameters}
+        text = orjson.dumps(
+            merged, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY, default=str
+        ).decode()
+        if self.emitter.log_custom_info("parameters", text):
+            self._parameters = merged
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.emitter.set_tags(tags)

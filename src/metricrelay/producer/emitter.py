@@ -41,6 +41,7 @@ from metricrelay.producer.points import (
     check_metric_names,
     check_name,
     check_step,
+    check_text,
     check_value,
     check_values,
     stamp,
@@ -249,10 +250,18 @@ class _Core:
         for name, value in tags.items():
             self._named("tags", name, value)
 
-    def log_custom_info(self, name: str, value: Any) -> None:
-        """A string as is; anything else JSON-serialised (as SAP's tutorial stores reports)."""
-        text = value if isinstance(value, str) else orjson.dumps(value).decode()
-        self._named("customInfo", name, text)
+    def log_custom_info(self, name: str, value: Any) -> bool:
+        """A string as is; anything else JSON-serialised (as SAP's tutorial stores reports).
+        False when it was dropped as invalid (``on_error="warn"``)."""
+        try:
+            text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        except TypeError as exc:  # orjson.JSONEncodeError: a PointError, so on_error applies
+            error = PointError(f"customInfo {name!r}: its value cannot be JSON: {exc}")
+            if self.config.on_error == "raise":
+                raise error from None
+            log.warning("dropped an invalid customInfo item: %s", error)
+            return False
+        return self._named("customInfo", name, text)
 
     def log_figure(self, name: str, figure: Any) -> None:
         """A matplotlib figure or PNG bytes (stored base64) or SVG text, as customInfo."""
@@ -268,12 +277,14 @@ class _Core:
             text = base64.b64encode(bytes(figure)).decode()
         self._named("customInfo", name, text)
 
-    def _named(self, section: str, name: str, value: str) -> None:
+    def _named(self, section: str, name: str, value: str) -> bool:
         try:
             check_name(name, f"{section} name")
             limit = 256 if section == "tags" else None
             if not isinstance(value, str) or not value or (limit and len(value) > limit):
                 raise PointError(f"{section} value must be a non-empty string: {value!r}")
+            if not value.isascii():
+                check_text(value, f"{section} value")
             size = len(orjson.dumps({"name": name, "value": value}))
             if section == "customInfo" and size > MAX_CUSTOM_INFO_BYTES:
                 raise PointError(
@@ -284,9 +295,10 @@ class _Core:
             if self.config.on_error == "raise":
                 raise
             log.warning("dropped an invalid %s item", section, exc_info=True)
-            return
+            return False
         item = Named(section, name, value)
         self._put(item, item.size)
+        return True
 
     def _put(self, op: Points | Named, cost: int) -> None:
         if self._closed:

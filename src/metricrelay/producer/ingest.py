@@ -13,8 +13,8 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
-from metricrelay.aiapi.body import check_content_type, read_body
-from metricrelay.aiapi.errors import ApiError, bad_request, error_middleware
+from metricrelay.aiapi.body import check_content_type, oversized_item, read_body
+from metricrelay.aiapi.errors import ApiError, bad_request, error_middleware, payload_too_large
 from metricrelay.codec import decode_entry
 from metricrelay.producer.ingest_auth import token_middleware
 from metricrelay.producer.ingest_state import (
@@ -65,9 +65,17 @@ async def _append(request: web.Request, group: str) -> web.Response:
     if decoded.problems:  # all or nothing, as the API itself answers a PATCH
         messages = [p.message for p in decoded.problems]
         raise bad_request("invalid MetricResource: " + "; ".join(messages[:5]), messages)
-    document = orjson.loads(raw)
+    try:  # Python's json (which decode_entry follows) reads NaN in a field it ignores
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request("the body is not JSON (NaN or Infinity in some field?)") from None
     if not isinstance(document, dict):  # pragma: no cover - decode_entry refused it already
         raise bad_request("the body must be a JSON object")
+    # The worker splits a body over the API's count limits into several PATCHes, but one
+    # customInfo item over the limit can never be sent: refused now, as the API would, rather
+    # than dead-lettered `invalid` later.
+    if (oversized := oversized_item(document)) is not None:
+        raise payload_too_large(oversized)
     # decode_entry refused a body without a valid executionId (400 above), so every body that
     # gets here is routable: no shard-0 fall-back is needed.
     try:

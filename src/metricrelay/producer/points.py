@@ -26,6 +26,7 @@ __all__ = [
     "check_metric_names",
     "check_name",
     "check_step",
+    "check_text",
     "check_value",
     "check_values",
     "format_ns",
@@ -60,7 +61,20 @@ def _remember(cache: set[Any], key: Any) -> None:
 def check_name(name: object, what: str) -> str:
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
         raise PointError(f"{what} must be a string of 1-{MAX_NAME_CHARS} characters: {name!r}")
+    check_text(name, what)
     return name
+
+
+def check_text(text: str, what: str) -> None:
+    """UTF-8 can carry it: a lone surrogate (bytes that were not UTF-8, decoded by os.fsdecode
+    or sys.argv) cannot be sent, and found only when the writer encodes it, it stopped the
+    writer thread with every point after it."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            message = f"{what} is not valid Unicode text (a lone surrogate): {text!r}"
+            raise PointError(message) from None
 
 
 def check_metric_name(name: object) -> str:
