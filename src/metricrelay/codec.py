@@ -157,7 +157,14 @@ def decode_entry(raw: bytes, *, entry_ms: int, default_resource_group: str) -> D
         except Exception as odd:  # hostile input must never escape as an exception
             errors = tuple(describe_error(e) for e in exc.errors())
             return Decoded(None, [Problem("", (*errors, f"entry: not splittable ({odd!r})"), raw)])
-    return Decoded(_encode(valid, entry_ms, default_resource_group), [])
+    try:
+        return Decoded(_encode(valid, entry_ms, default_resource_group), [])
+    except OverflowError:  # a metric without a timestamp takes the entry id's time
+        why = (
+            f"entry: its id's time ({entry_ms} ms) is past year 9999, and a metric without a "
+            "timestamp takes it (give each metric a timestamp, or let Redis choose the id)"
+        )
+        return Decoded(None, [Problem("", (why,), raw)])
 
 
 def whole_fragment(

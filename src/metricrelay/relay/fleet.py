@@ -168,6 +168,7 @@ class Fleet:
         """Own and work shards until ``stop`` (or, with ``burst``, until every shard is empty);
         then drain every owned shard and release its lease."""
         self._burst = burst
+        watchdog = asyncio.create_task(self._watch_leases(), name="lease watchdog")
         try:
             while not stop.is_set() and self.fatal is None:
                 self._ended.clear()  # set again by a shard worker ending from here on
@@ -183,9 +184,21 @@ class Fleet:
                     await self._expire_unrenewed()
                 await wait_any((stop, self._ended), self.tick)
         finally:
-            await self._stop_all()
+            try:
+                await self._stop_all()
+            finally:
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
         if self.fatal is not None:
             raise self.fatal
+
+    async def _watch_leases(self) -> None:
+        """Stop work on a shard whose lease was not renewed in time, whatever the loop is doing:
+        a renewal (or any other call) whose reply does not come must not keep a worker reading
+        after its lease may have become another's."""
+        while True:
+            await asyncio.sleep(self.leases.ttl_ms / 1000 / 20)
+            await self._expire_unrenewed()
 
     def _redis_failed(self, exc: Exception, what: str) -> None:
         self.full.failed(exc, what)
@@ -319,8 +332,14 @@ class Fleet:
     async def _stop_all(self) -> None:
         for owned in self.owned.values():
             owned.stop.set()
-        tasks = [owned.task for owned in self.owned.values()]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        waiting = {owned.task for owned in self.owned.values()}
+        while waiting:  # the leases are renewed while the shards drain: a drain may outlast one
+            _, waiting = await asyncio.wait(waiting, timeout=self.tick)
+            if waiting:
+                try:
+                    await self._renew()
+                except Exception as exc:  # the drain goes on; the watchdog stops it in time
+                    self._redis_failed(exc, "renewing leases while draining")
         await self._reap()
         with contextlib.suppress(*REDIS_UNAVAILABLE):
             await self.leases.leave()

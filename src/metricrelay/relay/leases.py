@@ -10,8 +10,6 @@ knows how many share the shards and takes only its share: ``ceil(shards / worker
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from typing import Any, Final
 
 from metricrelay.keys import Keys, ShardKeys
@@ -25,6 +23,16 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
 end
 return 0
+"""
+# A beat scored by Redis's clock, not the worker's: a worker whose host clock runs ahead and
+# crashes would otherwise stay "alive" that much longer, and the others would leave its share
+# of the shards unowned.
+_BEAT: Final = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('zadd', KEYS[1], now, ARGV[1])
+redis.call('zremrangebyscore', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return redis.call('zcard', KEYS[1])
 """
 _RELEASE: Final = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -55,7 +63,6 @@ class Leases:
         ttl: float,
         *,
         pool: str = "",
-        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -63,17 +70,10 @@ class Leases:
         # Workers limited to some shards (only_shards) count only the workers of their own pool.
         self.registry = keys.workers_of(pool)
         self.ttl_ms = max(1000, int(ttl * 1000))
-        self.wall_clock = wall_clock
 
     async def beat(self) -> int:
         """Say this worker is alive; how many workers are (this one included)."""
-        now = int(self.wall_clock() * 1000)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(self.registry, {self.me: now})
-        pipe.zremrangebyscore(self.registry, "-inf", now - self.ttl_ms)
-        pipe.zcard(self.registry)
-        replies = await pipe.execute()
-        return max(1, int(replies[-1]))
+        return max(1, int(await self.redis.eval(_BEAT, 1, self.registry, self.me, self.ttl_ms)))
 
     async def leave(self) -> None:
         await self.redis.zrem(self.registry, self.me)

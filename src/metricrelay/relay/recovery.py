@@ -59,9 +59,17 @@ class Recovery:
             if not entries:
                 break
             after = entries[-1].id
+            held = [entry.id for entry in entries if entry.id in worker.book]
+            if held:  # reading them back counted one more delivery of each: it was none
+                await worker.stream.let_go(await worker.stream.delivery_counts(held))
+                worker.still_holding()
             unknown = [entry for entry in entries if entry.id not in worker.book]
             if unknown:
                 counts = await worker.stream.delivery_counts([entry.id for entry in unknown])
+                # one acknowledged while this read was on its way is no longer pending (nor in
+                # the book): it was delivered, and must not be again
+                unknown = [entry for entry in unknown if entry.id in counts]
+            if unknown:
                 if self._state == "lost reply":
                     await worker.stream.let_go(counts)  # sets each count one back
                     counts = {i: max(1, n - 1) for i, n in counts.items()}
@@ -75,12 +83,19 @@ class Recovery:
         previous owner (or this process before a restart) left is reclaimed and finished
         first, checked every second."""
         worker = self._worker
-        if await worker.stream.pending_count() <= len(worker.book):
+        # by consumer, not by count: an entry of this worker's can be pending and out of the
+        # book (its acknowledgement's reply on its way) while the previous owner's still waits
+        mine, others = await worker.stream.pending_by_owner()
+        if not others and mine <= len(worker.book):
             self.handed_over = True
             return True
         now = worker.clock()
         if now >= self._next_handover:
             self._next_handover = now + 1.0
+            # from the oldest pending entry each round: XAUTOCLAIM scans at most 10 times COUNT
+            # entries a call, and a cursor left past entries not yet idle enough would claim
+            # younger ones before them
+            worker.stream.restart_reclaim()
             await self.reclaim(worker.config.handover_idle_ms)
         return False
 

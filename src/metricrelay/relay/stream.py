@@ -61,14 +61,16 @@ async def read_group_info(redis: Any, keys: Keys | ShardKeys) -> GroupInfo | Non
     return None
 
 
-def _raw_entries(rows: Sequence[Any]) -> list[Entry]:
-    """Entries from XREADGROUP's unconverted reply: ``[id, [field, value, ...] | None]`` rows."""
+def _raw_entries(rows: Sequence[Any], deleted: list[str]) -> list[Entry]:
+    """Entries from XREADGROUP's unconverted reply: ``[id, [field, value, ...] | None]`` rows;
+    the ids of entries deleted while pending are added to ``deleted``."""
     out = []
     for entry_id, fields in rows:
         if fields is None:  # deleted while pending (Redis < 7 reports such ids this way)
+            deleted.append(as_text(entry_id))
             continue
         if isinstance(fields, dict):  # converted (the cluster client): see EventStream.__init__
-            return _entries(rows)
+            return _entries(rows, deleted)
         if len(fields) == 2 and fields[0] == b"resource":  # what producers write
             value = fields[1]
             out.append(Entry(entry_id.decode(), value, 8 + len(value)))
@@ -84,10 +86,11 @@ def _raw_entries(rows: Sequence[Any]) -> list[Entry]:
     return out
 
 
-def _entries(rows: Sequence[Any]) -> list[Entry]:
+def _entries(rows: Sequence[Any], deleted: list[str]) -> list[Entry]:
     out = []
     for entry_id, fields in rows:
         if fields is None:  # deleted while pending (Redis < 7 reports such ids this way)
+            deleted.append(as_text(entry_id))
             continue
         resource = fields.get(b"resource")
         size = sum(len(k) + len(v) for k, v in fields.items())
@@ -150,7 +153,21 @@ class EventStream:
             return []
         # RESP3 answers a map {stream: rows}, RESP2 a list [[stream, rows]]; one stream was read
         rows = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-        return _raw_entries(rows)
+        deleted: list[str] = []
+        entries = _raw_entries(rows, deleted)
+        await self._forget(deleted)
+        if not entries and deleted and after != ">":  # a page of deleted ones: read on
+            return await self.read(count, block_ms, deleted[-1])
+        return entries
+
+    async def _forget(self, deleted: list[str]) -> None:
+        """Acknowledge entries deleted while pending (XDEL, a producer's MAXLEN): nothing is
+        left to deliver, and Redis 6.2 would keep them pending for ever, holding up a new
+        owner that waits for the previous one's entries."""
+        if deleted:
+            log.warning("%d pending entries were deleted from %s: acknowledged", len(deleted),
+                        self.keys.events)  # fmt: skip
+            await self.ack(deleted)
 
     async def ack(self, ids: Sequence[str]) -> int:
         if not ids:
@@ -172,6 +189,10 @@ class EventStream:
                 justid=True,
             )
 
+    def restart_reclaim(self) -> None:
+        """The next :meth:`reclaim` scans from the oldest pending entry."""
+        self._reclaim_cursor = "0-0"
+
     async def reclaim(self, min_idle_ms: int, count: int) -> list[tuple[Entry, int]]:
         """Take over entries other consumers left pending longer than ``min_idle_ms``.
 
@@ -187,7 +208,9 @@ class EventStream:
         )
         cursor, rows = reply[0], reply[1]
         self._reclaim_cursor = as_text(cursor)
-        entries = _entries(rows)
+        deleted: list[str] = []
+        entries = _entries(rows, deleted)
+        await self._forget(deleted)
         if not entries:
             return []
         counts = await self.delivery_counts([entry.id for entry in entries])
@@ -236,6 +259,18 @@ class EventStream:
     async def pending_count(self) -> int:
         summary = await self.redis.xpending(self.keys.events, self.keys.group)
         return int(summary["pending"])
+
+    async def pending_by_owner(self) -> tuple[int, int]:
+        """Entries pending under this consumer, and under every other one."""
+        summary = await self.redis.xpending(self.keys.events, self.keys.group)
+        mine = others = 0
+        for consumer in summary.get("consumers") or ():
+            count = int(consumer["pending"])
+            if as_text(consumer["name"]) == self.consumer:
+                mine += count
+            else:
+                others += count
+        return mine, others
 
     async def trim(self) -> int:
         """Delete acknowledged entries: everything older than the oldest entry any group still
