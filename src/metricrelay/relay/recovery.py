@@ -92,11 +92,15 @@ class Recovery:
         now = worker.clock()
         if now >= self._next_handover:
             self._next_handover = now + 1.0
-            # from the oldest pending entry each round: XAUTOCLAIM scans at most 10 times COUNT
-            # entries a call, and a cursor left past entries not yet idle enough would claim
-            # younger ones before them
-            worker.stream.restart_reclaim()
-            await self.reclaim(worker.config.handover_idle_ms)
+            # the previous owner's oldest first, in stream order, never this worker's own
+            claimed = await worker.stream.claim_oldest(
+                worker.config.handover_idle_ms, worker.config.read_count
+            )
+            worker.still_holding()
+            if claimed:
+                log.info("took over %d entries a previous owner left", len(claimed))
+                worker.count(Tally.RECLAIMED, len(claimed))
+            await self.take_back(claimed)
         return False
 
     async def reclaim(self, min_idle_ms: int | None = None) -> None:

@@ -189,9 +189,42 @@ class EventStream:
                 justid=True,
             )
 
-    def restart_reclaim(self) -> None:
-        """The next :meth:`reclaim` scans from the oldest pending entry."""
-        self._reclaim_cursor = "0-0"
+    async def claim_oldest(self, min_idle_ms: int, count: int) -> list[tuple[Entry, int]]:
+        """Take over, in stream order, other consumers' oldest pending entries: those idle at
+        least ``min_idle_ms`` up to the first that is not (a previous owner's entries, at a
+        hand-over, must be finished in order; XAUTOCLAIM's cursor would skip one not yet idle
+        enough for younger ones). This consumer's own entries are passed over, not claimed."""
+        chosen: list[str] = []
+        start = "-"
+        while len(chosen) < count:
+            rows = await self.redis.xpending_range(
+                self.keys.events, self.keys.group, start, "+", count
+            )
+            for row in rows:
+                if as_text(row["consumer"]) == self.consumer:
+                    continue
+                if int(row["time_since_delivered"]) < min_idle_ms or len(chosen) >= count:
+                    rows = []  # the idle prefix ends here
+                    break
+                chosen.append(as_text(row["message_id"]))
+            else:
+                if len(rows) < count:
+                    break  # the end of the pending list
+                start = "(" + as_text(rows[-1]["message_id"])
+                continue
+            break
+        if not chosen:
+            return []
+        claimed = await self.redis.xclaim(
+            self.keys.events, self.keys.group, self.consumer, min_idle_ms, chosen
+        )
+        deleted: list[str] = []
+        entries = _entries(claimed, deleted)
+        await self._forget(deleted)
+        if not entries:
+            return []
+        counts = await self.delivery_counts([entry.id for entry in entries])
+        return [(entry, counts.get(entry.id, 1)) for entry in entries]
 
     async def reclaim(self, min_idle_ms: int, count: int) -> list[tuple[Entry, int]]:
         """Take over entries other consumers left pending longer than ``min_idle_ms``.
