@@ -10,6 +10,7 @@ from email.utils import format_datetime
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.support.fake_time import FakeTime
 
 from metricrelay.errors import (
     AuthError,
@@ -24,21 +25,6 @@ from metricrelay.retry import RetryPolicy, call_with_retry, parse_retry_after
 
 POLICY = RetryPolicy(base=0.5, cap=30.0, budget=300.0, retry_after_cap=120.0)
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
-
-
-class FakeTime:
-    """A monotonic clock that only moves when the code under test sleeps (or a test says so)."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class TopRng(random.Random):
@@ -155,14 +141,14 @@ def test_retry_after_garbage_is_none(value: str | None) -> None:
 
 
 async def test_success_at_once_does_not_sleep() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=100.0)
     result = await call_with_retry(Flaky(), POLICY, sleep=fake.sleep, clock=fake.clock)
     assert result == ("ok", 1)
-    assert fake.sleeps == []
+    assert fake.delays == []
 
 
 async def test_retriable_errors_are_retried_with_recorded_delays() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=100.0)
     seen: list[tuple[MetricRelayError, int, float]] = []
     errors = [
         RetriableDelivery("HTTP 503", status=503),
@@ -184,41 +170,41 @@ async def test_retriable_errors_are_retried_with_recorded_delays() -> None:
     assert operation.calls == 4
     assert [attempt for _, attempt, _ in seen] == [1, 2, 3]
     assert [error for error, _, _ in seen] == errors
-    assert fake.sleeps == [delay for _, _, delay in seen]
-    for attempt, delay in enumerate(fake.sleeps):
+    assert fake.delays == [delay for _, _, delay in seen]
+    for attempt, delay in enumerate(fake.delays):
         assert 0.0 <= delay <= POLICY.ceiling(attempt)
 
 
 async def test_top_of_window_delays_double_up_to_the_cap() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=100.0)
     operation = Flaky(*[NetworkError("down") for _ in range(9)])
     await call_with_retry(operation, POLICY, sleep=fake.sleep, clock=fake.clock, rng=TopRng())
-    assert fake.sleeps == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert fake.delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
 
 
 async def test_retry_after_beats_a_shorter_backoff() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=100.0)
     error = RetriableDelivery("HTTP 429", status=429, retry_after=10.0)
     await call_with_retry(Flaky(error), POLICY, sleep=fake.sleep, clock=fake.clock, rng=TopRng())
-    assert fake.sleeps == [10.0]
+    assert fake.delays == [10.0]
 
 
 async def test_backoff_beats_a_shorter_retry_after() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=100.0)
     errors = [RetriableDelivery("HTTP 503", status=503, retry_after=0.0) for _ in range(4)]
     await call_with_retry(Flaky(*errors), POLICY, sleep=fake.sleep, clock=fake.clock, rng=TopRng())
-    assert fake.sleeps == [0.5, 1.0, 2.0, 4.0]
+    assert fake.delays == [0.5, 1.0, 2.0, 4.0]
 
 
 async def test_retry_after_is_capped() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=100.0)
     error = RetriableDelivery("HTTP 429", status=429, retry_after=3600.0)
     await call_with_retry(Flaky(error), POLICY, sleep=fake.sleep, clock=fake.clock, rng=TopRng())
-    assert fake.sleeps == [120.0]
+    assert fake.delays == [120.0]
 
 
 async def test_budget_exhaustion_raises_with_attempts_and_last_error() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=100.0)
     policy = RetryPolicy(base=1.0, cap=8.0, budget=20.0, retry_after_cap=120.0)
     errors = [RetriableDelivery(f"HTTP 503 #{i}", status=503) for i in range(100)]
     operation = Flaky(*errors)
@@ -227,7 +213,7 @@ async def test_budget_exhaustion_raises_with_attempts_and_last_error() -> None:
         await call_with_retry(operation, policy, sleep=fake.sleep, clock=fake.clock, rng=TopRng())
 
     # top-of-window delays 1, 2, 4, 8 (15 s); 15 + 8 > 20, so attempt 5 is the last
-    assert fake.sleeps == [1.0, 2.0, 4.0, 8.0]
+    assert fake.delays == [1.0, 2.0, 4.0, 8.0]
     assert caught.value.attempts == 5 == operation.calls
     assert caught.value.last is errors[4]
     assert caught.value.__cause__ is errors[4]
@@ -235,7 +221,7 @@ async def test_budget_exhaustion_raises_with_attempts_and_last_error() -> None:
 
 
 async def test_time_spent_in_attempts_counts_against_the_budget() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=100.0)
     policy = RetryPolicy(base=1.0, cap=1.0, budget=10.0, retry_after_cap=1.0)
 
     async def slow_failure() -> None:
@@ -247,21 +233,21 @@ async def test_time_spent_in_attempts_counts_against_the_budget() -> None:
             slow_failure, policy, sleep=fake.sleep, clock=fake.clock, rng=TopRng()
         )
     assert caught.value.attempts == 2  # 6 + 1 + 6 = 13 s: no third attempt fits
-    assert fake.sleeps == [1.0]
+    assert fake.delays == [1.0]
 
 
 async def test_a_retry_after_beyond_the_budget_exhausts_at_once() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=100.0)
     policy = RetryPolicy(base=0.5, cap=30.0, budget=60.0, retry_after_cap=120.0)
     error = RetriableDelivery("HTTP 429", status=429, retry_after=90.0)
     with pytest.raises(RetriesExhausted) as caught:
         await call_with_retry(Flaky(error), policy, sleep=fake.sleep, clock=fake.clock)
     assert caught.value.attempts == 1
-    assert fake.sleeps == []
+    assert fake.delays == []
 
 
 async def test_zero_budget_means_one_attempt() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=100.0)
     policy = RetryPolicy(base=0.5, cap=1.0, budget=0.0, retry_after_cap=1.0)
     with pytest.raises(RetriesExhausted):
         await call_with_retry(
@@ -274,33 +260,33 @@ async def test_zero_budget_means_one_attempt() -> None:
     [BadRequest("HTTP 400", status=400), AuthError("bad credentials"), ValueError("a bug")],
 )
 async def test_non_retriable_errors_pass_through_unchanged(error: Exception) -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=100.0)
     operation = Flaky(error)
     with pytest.raises(type(error)) as caught:
         await call_with_retry(operation, POLICY, sleep=fake.sleep, clock=fake.clock)
     assert caught.value is error
     assert operation.calls == 1
-    assert fake.sleeps == []
+    assert fake.delays == []
 
 
 async def test_a_non_retriable_error_after_retries_passes_through() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=100.0)
     error = BadRequest("HTTP 400", status=400)
     with pytest.raises(BadRequest) as caught:
         await call_with_retry(
             Flaky(NetworkError("x"), error), POLICY, sleep=fake.sleep, clock=fake.clock
         )
     assert caught.value is error
-    assert len(fake.sleeps) == 1
+    assert len(fake.delays) == 1
 
 
 async def test_cancellation_inside_the_operation_propagates() -> None:
-    fake = FakeTime()
+    fake = FakeTime(now=100.0)
     with pytest.raises(asyncio.CancelledError):
         await call_with_retry(
             Flaky(asyncio.CancelledError()), POLICY, sleep=fake.sleep, clock=fake.clock
         )
-    assert fake.sleeps == []
+    assert fake.delays == []
 
 
 async def test_cancellation_while_backing_off_propagates() -> None:

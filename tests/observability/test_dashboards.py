@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from tests.support.promtool import NO_PROMTOOL, PROMTOOL
 from tests.support.stack import Stack
 from tests.support.waiting import until_sync
 
@@ -37,11 +37,6 @@ DASHBOARD = ROOT / "deploy/grafana/metricrelay.json"
 RULES = ROOT / "deploy/prometheus/metricrelay-rules.yml"
 RULE_TESTS = ROOT / "deploy/prometheus/metricrelay-rules.test.yml"
 PROMETHEUS_RULE = ROOT / "deploy/k8s/monitoring/prometheusrule.yaml"
-# `make test` puts Debian's promtool beside the interpreter (see the Makefile); else from PATH.
-PROMTOOL = shutil.which("promtool", path=str(Path(sys.executable).parent)) or shutil.which(
-    "promtool"
-)
-NO_PROMTOOL = "no promtool (make test fetches it where apt-get is; Debian: prometheus)"
 
 # Words of PromQL that look like metric names but are not (functions are recognised by the
 # parenthesis that follows them).

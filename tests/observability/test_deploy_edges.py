@@ -19,15 +19,12 @@ from typing import Any
 import pytest
 import yaml
 from tests.support.kustomize import render
+from tests.support.promtool import NO_PROMTOOL, PROMTOOL
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 RULES = DEPLOY / "prometheus/metricrelay-rules.yml"
 RULE_TESTS = DEPLOY / "prometheus/metricrelay-rules.test.yml"
-PROMTOOL = shutil.which("promtool", path=str(Path(sys.executable).parent)) or shutil.which(
-    "promtool"
-)
-NO_PROMTOOL = "no promtool (Debian: prometheus)"
 
 
 def _by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

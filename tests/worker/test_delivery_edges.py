@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
+from tests.support.fake_time import FakeTime
 from tests.support.scripted_api import ScriptedApi
 
 from metricrelay.codec import EncodedFragment
@@ -36,19 +37,6 @@ class FakeTokens:
 
     async def invalidate(self, rejected: dict[str, str]) -> None:
         return None
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.delays: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.delays.append(delay)
-        self.now += delay
 
 
 def body_of(metrics: int, execution: str = "exec-1") -> Body:

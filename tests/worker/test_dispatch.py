@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from tests.support.fake_time import FakeTime
 from tests.support.scripted_api import ScriptedApi
 
 from metricrelay.codec import EncodedFragment
@@ -33,21 +34,6 @@ class FakeTokens:
     async def invalidate(self, rejected: dict[str, str]) -> None:
         self.invalidated.append(rejected)
         self.token = "token-2"
-
-
-class FakeTime:
-    """An injected clock and sleep: delays are recorded, and time moves only by sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.delays: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.delays.append(delay)
-        self.now += delay
 
 
 def body_of(metrics: int, tags: int = 0, execution: str = "exec-1") -> Body:
