@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -21,3 +22,9 @@ async def scripted_api() -> AsyncIterator[ScriptedApi]:
     api.url = str(server.make_url("/v2/lm/metrics"))
     yield api
     await server.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client

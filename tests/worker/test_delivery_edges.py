@@ -8,19 +8,17 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import aiohttp
-import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
+from tests.support.dispatching import FakeTokens, body_of
 from tests.support.fake_time import FakeTime
 from tests.support.scripted_api import ScriptedApi
 
-from metricrelay.codec import EncodedFragment
 from metricrelay.errors import AuthUnavailable, RetriableDelivery
 from metricrelay.keys import Keys
 from metricrelay.relay.auth import OAuthClientCredentials
-from metricrelay.relay.batching import Body, Coalescer, Limits
 from metricrelay.relay.dispatch import Dispatcher
 from metricrelay.retry import RetryPolicy, call_with_retry, parse_retry_after
 
@@ -29,33 +27,6 @@ POLICY = RetryPolicy(base=0.5, cap=8.0, budget=60.0, retry_after_cap=30.0)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class FakeTokens:
-    async def headers(self) -> dict[str, str]:
-        return {"Authorization": "Bearer token-1"}
-
-    async def invalidate(self, rejected: dict[str, str]) -> None:
-        return None
-
-
-def body_of(metrics: int, execution: str = "exec-1") -> Body:
-    coalescer = Coalescer(Limits(max_metrics=5000))
-    fragment = EncodedFragment(
-        "team-a",
-        execution,
-        [orjson.dumps({"name": f"m{i}", "value": float(i)}) for i in range(metrics)],
-        [],
-    )
-    coalescer.add("1-0", fragment, now=0.0)
-    [body] = coalescer.flush()
-    return body
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 # --------------------------------------------------------------------------- 1. unlisted 5xx

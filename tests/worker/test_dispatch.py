@@ -3,56 +3,23 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from tests.support.dispatching import FakeTokens, body_of
 from tests.support.fake_time import FakeTime
 from tests.support.scripted_api import ScriptedApi
 
-from metricrelay.codec import EncodedFragment
 from metricrelay.deadletter import Reason
-from metricrelay.relay.batching import Body, Coalescer, Limits
+from metricrelay.relay.batching import Body
 from metricrelay.relay.dispatch import Dispatcher
 from metricrelay.retry import RetryPolicy
 
 pytestmark = pytest.mark.integration  # a scripted HTTP server on a loopback port
 
 ERROR = orjson.dumps({"error": {"code": "x", "message": "bad", "requestId": "r", "target": "/"}})
-
-
-class FakeTokens:
-    def __init__(self) -> None:
-        self.token = "token-1"
-        self.invalidated: list[dict[str, str]] = []
-
-    async def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    async def invalidate(self, rejected: dict[str, str]) -> None:
-        self.invalidated.append(rejected)
-        self.token = "token-2"
-
-
-def body_of(metrics: int, tags: int = 0, execution: str = "exec-1") -> Body:
-    coalescer = Coalescer(Limits(max_metrics=5000))
-    fragment = EncodedFragment(
-        "team-a",
-        execution,
-        [orjson.dumps({"name": f"m{i}", "value": float(i)}) for i in range(metrics)],
-        [(f"t{i}", orjson.dumps({"name": f"t{i}", "value": "v"})) for i in range(tags)],
-    )
-    coalescer.add("1-0", fragment, now=0.0)
-    [body] = coalescer.flush()
-    return body
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 @pytest.fixture
