@@ -247,7 +247,7 @@ async def test_async_flush_does_not_report_spooled_records_as_in_redis(tmp_path:
     ) as run:
         for step in range(5):
             run.log_metric("loss", 1.0, step=step)
-        flushing = asyncio.create_task(run.flush(timeout=5))
+        flushing = asyncio.create_task(run.flush(timeout=1))
         await asyncio.sleep(0)  # the flush's marker is queued behind the five points
         for step in range(5, 12):  # the buffer fills: this call writes the head itself
             run.log_metric("loss", 1.0, step=step)
