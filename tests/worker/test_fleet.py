@@ -14,6 +14,7 @@ import orjson
 import pytest
 import redis.asyncio as redis_asyncio
 from tests.support.settings import worker_settings
+from tests.support.turns import ticks
 from tests.support.waiting import until
 
 from metricrelay.devtools.embedded import RedisServer
@@ -49,28 +50,6 @@ async def xadd_one_stream(client: redis_asyncio.Redis, execution: str, steps: ra
     for step in steps:
         pipe.xadd(ONE.events, {"resource": fragment(execution, step)})
     await pipe.execute()
-
-
-async def ticks(fleet: Fleet, count: int) -> None:
-    """Wait until ``count`` more turns of the fleet's loop have run to their end: whatever a
-    turn would do (take a shard back, take one more) has had that many chances. Each turn
-    starts with one beat (``leases.beat``); the turn a beat starts has ended by the next."""
-    beats = 0
-    beat = fleet.leases.beat
-
-    async def counted() -> int:
-        nonlocal beats
-        beats += 1
-        return await beat()
-
-    async def turned() -> bool:
-        return beats > count
-
-    fleet.leases.beat = counted  # type: ignore[method-assign]
-    try:
-        await until(turned)
-    finally:
-        fleet.leases.beat = beat  # type: ignore[method-assign]
 
 
 @contextlib.asynccontextmanager

@@ -21,6 +21,7 @@ import redis.asyncio as redis_asyncio
 import redis.exceptions
 from tests.support.scripted_api import ScriptedApi
 from tests.support.settings import worker_settings
+from tests.support.turns import ticks
 from tests.support.waiting import until
 
 from metricrelay.connection import async_client
@@ -335,17 +336,7 @@ async def test_a_dead_worker_whose_clock_ran_ahead_does_not_keep_shards_unowned(
         assert isinstance(fleet, Fleet)
         stop = asyncio.Event()
         run = asyncio.create_task(fleet.run(stop))
-        beats = 0
-        beat = fleet.leases.beat
-
-        async def counted() -> int:
-            nonlocal beats
-            beats += 1
-            return await beat()
-
-        fleet.leases.beat = counted  # type: ignore[method-assign]
-        # 12 turns of a 0.25 s tick: three times the lease TTL after the crash
-        await until(lambda: beats > 12, timeout=15)
+        await ticks(fleet, 12)  # three times the lease TTL after the crash
         owned = fleet.shards_owned
         stop.set()
         await asyncio.wait_for(run, 20)

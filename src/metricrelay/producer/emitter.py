@@ -253,15 +253,7 @@ class _Core:
     def log_custom_info(self, name: str, value: Any) -> bool:
         """A string as is; anything else JSON-serialised (as SAP's tutorial stores reports).
         False when it was dropped as invalid (``on_error="warn"``)."""
-        try:
-            text = value if isinstance(value, str) else orjson.dumps(value).decode()
-        except TypeError as exc:  # orjson.JSONEncodeError: a PointError, so on_error applies
-            error = PointError(f"customInfo {name!r}: its value cannot be JSON: {exc}")
-            if self.config.on_error == "raise":
-                raise error from None
-            log.warning("dropped an invalid customInfo item: %s", error)
-            return False
-        return self._named("customInfo", name, text)
+        return self._named("customInfo", name, value)
 
     def log_figure(self, name: str, figure: Any) -> None:
         """A matplotlib figure or PNG bytes (stored base64) or SVG text, as customInfo."""
@@ -277,9 +269,11 @@ class _Core:
             text = base64.b64encode(bytes(figure)).decode()
         self._named("customInfo", name, text)
 
-    def _named(self, section: str, name: str, value: str) -> bool:
+    def _named(self, section: str, name: str, value: Any) -> bool:
         try:
             check_name(name, f"{section} name")
+            if section == "customInfo" and not isinstance(value, str):
+                value = _json_text(name, value)
             limit = 256 if section == "tags" else None
             if not isinstance(value, str) or not value or (limit and len(value) > limit):
                 raise PointError(f"{section} value must be a non-empty string: {value!r}")
@@ -451,6 +445,13 @@ class _Core:
                 )
         if self.dropped:
             log.warning("the emitter dropped %d points (buffer full, policy drop)", self.dropped)
+
+
+def _json_text(name: str, value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError as exc:  # orjson.JSONEncodeError
+        raise PointError(f"customInfo {name!r}: its value cannot be JSON: {exc}") from None
 
 
 def _exit_on_sigterm() -> None:

@@ -93,21 +93,16 @@ class Recovery:
         if now >= self._next_handover:
             self._next_handover = now + 1.0
             # the previous owner's oldest first, in stream order, never this worker's own
-            claimed = await worker.stream.claim_oldest(
-                worker.config.handover_idle_ms, worker.config.read_count
-            )
-            worker.still_holding()
-            if claimed:
-                log.info("took over %d entries a previous owner left", len(claimed))
-                worker.count(Tally.RECLAIMED, len(claimed))
-            await self.take_back(claimed)
+            await self.reclaim(worker.config.handover_idle_ms, oldest_first=True)
         return False
 
-    async def reclaim(self, min_idle_ms: int | None = None) -> None:
-        """Take over entries of dead consumers; poison what keeps coming back."""
+    async def reclaim(self, min_idle_ms: int | None = None, *, oldest_first: bool = False) -> None:
+        """Take over entries of dead consumers; poison what keeps coming back. ``oldest_first``:
+        in stream order, stopping at the first not idle enough (a hand-over)."""
         worker = self._worker
         idle = worker.config.reclaim_idle_ms if min_idle_ms is None else min_idle_ms
-        claimed = await worker.stream.reclaim(idle, worker.config.read_count)
+        claim = worker.stream.claim_oldest if oldest_first else worker.stream.reclaim
+        claimed = await claim(idle, worker.config.read_count)
         worker.still_holding()
         if claimed:
             log.info("reclaimed %d entries from other consumers", len(claimed))

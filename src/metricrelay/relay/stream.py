@@ -194,32 +194,38 @@ class EventStream:
         least ``min_idle_ms`` up to the first that is not (a previous owner's entries, at a
         hand-over, must be finished in order; XAUTOCLAIM's cursor would skip one not yet idle
         enough for younger ones). This consumer's own entries are passed over, not claimed."""
+        chosen = await self._idle_prefix(min_idle_ms, count)
+        if not chosen:
+            return []
+        rows = await self.redis.xclaim(
+            self.keys.events, self.keys.group, self.consumer, min_idle_ms, chosen
+        )
+        return await self._with_counts(rows)
+
+    async def _idle_prefix(self, min_idle_ms: int, count: int) -> list[str]:
+        """Up to ``count`` ids of other consumers' pending entries, oldest first, idle at least
+        ``min_idle_ms``, ending before the first of theirs that is not."""
         chosen: list[str] = []
         start = "-"
-        while len(chosen) < count:
+        while True:
             rows = await self.redis.xpending_range(
                 self.keys.events, self.keys.group, start, "+", count
             )
             for row in rows:
                 if as_text(row["consumer"]) == self.consumer:
                     continue
-                if int(row["time_since_delivered"]) < min_idle_ms or len(chosen) >= count:
-                    rows = []  # the idle prefix ends here
-                    break
+                if int(row["time_since_delivered"]) < min_idle_ms or len(chosen) == count:
+                    return chosen
                 chosen.append(as_text(row["message_id"]))
-            else:
-                if len(rows) < count:
-                    break  # the end of the pending list
-                start = "(" + as_text(rows[-1]["message_id"])
-                continue
-            break
-        if not chosen:
-            return []
-        claimed = await self.redis.xclaim(
-            self.keys.events, self.keys.group, self.consumer, min_idle_ms, chosen
-        )
+            if len(rows) < count or len(chosen) == count:  # the end of the list, or enough
+                return chosen
+            start = "(" + as_text(rows[-1]["message_id"])
+
+    async def _with_counts(self, rows: Sequence[Any]) -> list[tuple[Entry, int]]:
+        """Claimed rows as entries, each with how many times it has now been delivered (poison
+        detection); the ids of entries deleted meanwhile are acknowledged."""
         deleted: list[str] = []
-        entries = _entries(claimed, deleted)
+        entries = _entries(rows, deleted)
         await self._forget(deleted)
         if not entries:
             return []
@@ -241,13 +247,7 @@ class EventStream:
         )
         cursor, rows = reply[0], reply[1]
         self._reclaim_cursor = as_text(cursor)
-        deleted: list[str] = []
-        entries = _entries(rows, deleted)
-        await self._forget(deleted)
-        if not entries:
-            return []
-        counts = await self.delivery_counts([entry.id for entry in entries])
-        return [(entry, counts.get(entry.id, 1)) for entry in entries]
+        return await self._with_counts(rows)
 
     async def delivery_counts(self, ids: Sequence[str]) -> dict[str, int]:
         """How many times each id was delivered, exactly: one XPENDING per id (a range query
